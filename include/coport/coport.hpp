@@ -1,0 +1,13 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file coport.hpp
+/// coport: C++20 coroutine networking over the completion-port model (IOCP on Windows, io_uring on Linux).
+/// This is the one header users include.
+
+#include <coport/error.hpp>
+#include <coport/io_context.hpp>
+#include <coport/result.hpp>
+#include <coport/scope.hpp>
+#include <coport/sync_wait.hpp>
+#include <coport/task.hpp>
+#include <coport/when_all.hpp>

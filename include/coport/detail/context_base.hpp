@@ -1,0 +1,216 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Backend-neutral pieces of an io_context: queued work items, the timer heap, the per-thread slot that
+// carries an exception out of a detached coroutine to run().
+
+#include <chrono>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <utility>
+#include <vector>
+
+namespace coport::detail {
+
+using clock = std::chrono::steady_clock;
+
+/// An intrusive node of a run queue: posted callables, schedule() resumptions, and backend control
+/// messages (start this operation, cancel that one) all travel as work items.
+struct work_item {
+    using run_fn = void (*)(work_item*) noexcept;
+    explicit work_item(run_fn fn) noexcept : m_run(fn) {}
+    work_item* m_next = nullptr;
+    run_fn m_run;
+    bool m_counted = false; // set by io_context::post: finishing it ends one unit of outstanding work
+    void run() noexcept { m_run(this); }
+};
+
+/// Intrusive FIFO. Not thread-safe.
+class work_queue {
+public:
+    work_queue() noexcept = default;
+    work_queue(work_queue&& o) noexcept : m_head(std::exchange(o.m_head, nullptr)), m_tail(std::exchange(o.m_tail, nullptr)) {}
+    work_queue& operator=(work_queue&& o) noexcept {
+        m_head = std::exchange(o.m_head, nullptr);
+        m_tail = std::exchange(o.m_tail, nullptr);
+        return *this;
+    }
+    [[nodiscard]] bool empty() const noexcept { return m_head == nullptr; }
+    void push(work_item* w) noexcept {
+        w->m_next = nullptr;
+        if (m_tail) m_tail->m_next = w;
+        else m_head = w;
+        m_tail = w;
+    }
+    void splice(work_queue& o) noexcept {
+        if (o.empty()) return;
+        if (m_tail) m_tail->m_next = o.m_head;
+        else m_head = o.m_head;
+        m_tail = o.m_tail;
+        o.m_head = o.m_tail = nullptr;
+    }
+    work_item* pop() noexcept {
+        work_item* w = m_head;
+        if (w) {
+            m_head = w->m_next;
+            if (!m_head) m_tail = nullptr;
+            w->m_next = nullptr;
+        }
+        return w;
+    }
+
+private:
+    work_item* m_head = nullptr;
+    work_item* m_tail = nullptr;
+};
+
+/// A heap-allocated posted callable.
+template <class F>
+struct posted_callable final : work_item {
+    explicit posted_callable(F&& f) : work_item(&invoke), m_fn(std::move(f)) {}
+    static void invoke(work_item* w) noexcept {
+        auto* self = static_cast<posted_callable*>(w);
+        F fn = std::move(self->m_fn);
+        delete self;
+        try {
+            fn();
+        } catch (...) {
+            report_exception(std::current_exception());
+        }
+    }
+    F m_fn;
+    static void report_exception(std::exception_ptr e) noexcept;
+};
+
+/// Exceptions that must leave run() on this thread (from a detached coroutine or a posted callable),
+/// oldest first. noinline + asm barrier: clang 14 may cache thread-local addresses across a coroutine's
+/// suspension (LLVM #47177); the queue is only ever reached through this function.
+[[gnu::noinline]] inline std::deque<std::exception_ptr>& pending_exceptions() noexcept {
+    static thread_local std::deque<std::exception_ptr> q;
+    asm volatile("" ::: "memory");
+    return q;
+}
+template <class F>
+void posted_callable<F>::report_exception(std::exception_ptr e) noexcept {
+    try {
+        pending_exceptions().push_back(std::move(e));
+    } catch (...) {
+        std::terminate(); // out of memory while reporting an exception
+    }
+}
+/// Called by run loops between turns: rethrows the oldest pending exception out of run().
+inline void rethrow_pending_exception() {
+    auto& q = pending_exceptions();
+    if (!q.empty()) [[unlikely]] {
+        std::exception_ptr e = std::move(q.front());
+        q.pop_front();
+        std::rethrow_exception(e);
+    }
+}
+
+/// A timer waiting in a heap. `m_index` is its position (for O(log n) removal on cancel).
+struct timer_node {
+    clock::time_point m_deadline;
+    std::uint64_t m_seq = 0; // ties broken by start order: equal deadlines fire in order
+    std::size_t m_index = npos;
+    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+    [[nodiscard]] bool queued() const noexcept { return m_index != npos; }
+};
+
+/// Min-heap of timers by (deadline, start order). Not thread-safe.
+class timer_heap {
+public:
+    [[nodiscard]] bool empty() const noexcept { return m_heap.empty(); }
+    [[nodiscard]] std::size_t size() const noexcept { return m_heap.size(); }
+    [[nodiscard]] timer_node* top() const noexcept { return m_heap.empty() ? nullptr : m_heap.front(); }
+    void push(timer_node* t) {
+        t->m_seq = m_next_seq++;
+        t->m_index = m_heap.size();
+        m_heap.push_back(t);
+        up(t->m_index);
+    }
+    void remove(timer_node* t) noexcept {
+        std::size_t i = t->m_index;
+        std::size_t last = m_heap.size() - 1;
+        if (i != last) {
+            place(i, m_heap[last]);
+            m_heap.pop_back();
+            if (!up(i)) down(i);
+        } else {
+            m_heap.pop_back();
+        }
+        t->m_index = timer_node::npos;
+    }
+    timer_node* pop() noexcept {
+        timer_node* t = top();
+        if (t) remove(t);
+        return t;
+    }
+
+private:
+    static bool less(const timer_node* a, const timer_node* b) noexcept {
+        return a->m_deadline < b->m_deadline || (a->m_deadline == b->m_deadline && a->m_seq < b->m_seq);
+    }
+    void place(std::size_t i, timer_node* t) noexcept {
+        m_heap[i] = t;
+        t->m_index = i;
+    }
+    bool up(std::size_t i) noexcept {
+        timer_node* t = m_heap[i];
+        std::size_t start = i;
+        while (i > 0) {
+            std::size_t p = (i - 1) / 2;
+            if (!less(t, m_heap[p])) break;
+            place(i, m_heap[p]);
+            i = p;
+        }
+        place(i, t);
+        return i != start;
+    }
+    void down(std::size_t i) noexcept {
+        timer_node* t = m_heap[i];
+        std::size_t n = m_heap.size();
+        for (;;) {
+            std::size_t c = 2 * i + 1;
+            if (c >= n) break;
+            if (c + 1 < n && less(m_heap[c + 1], m_heap[c])) ++c;
+            if (!less(m_heap[c], t)) break;
+            place(i, m_heap[c]);
+            i = c;
+        }
+        place(i, t);
+    }
+    std::vector<timer_node*> m_heap;
+    std::uint64_t m_next_seq = 0;
+};
+
+/// Resumes a coroutine as a work item (schedule(), and timers' and operations' completions).
+struct resume_item final : work_item {
+    resume_item() noexcept : work_item(&invoke) {}
+    std::coroutine_handle<> m_handle;
+    static void invoke(work_item* w) noexcept { static_cast<resume_item*>(w)->m_handle.resume(); }
+};
+
+} // namespace coport::detail
+
+namespace coport {
+/// Which I/O backend an io_context uses.
+enum class backend_kind {
+    automatic, ///< Windows: IOCP. Linux: io_uring, or epoll where io_uring is refused (env COPORT_BACKEND overrides)
+    io_uring,  ///< Linux io_uring; construction fails if the kernel refuses it
+    epoll,     ///< Linux epoll readiness backend
+    iocp,      ///< Windows I/O completion port
+};
+
+/// Construction options of an io_context (an aggregate: `io_context_options o; o.backend = ...;`).
+struct io_context_options {
+    backend_kind backend = backend_kind::automatic;
+    /// io_uring: submission queue entries per ring (a worker's batch size before it must submit).
+    unsigned queue_entries = 256;
+    /// io_uring: completion queue entries per ring; also the most operations one worker keeps in flight
+    /// (more wait in a backlog until completions make room).
+    unsigned completion_entries = 32768;
+};
+} // namespace coport

@@ -1,0 +1,739 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// Linux io_uring backend: the completion port of coport on Linux.
+//
+// One context owns worker slots; each slot is an io_uring ring plus its queues. A thread that calls run()
+// claims a free slot and is its only user until it returns, so every ring has one issuer at a time.
+// An operation is started on the slot of the thread that starts it; a thread that does not run the
+// context hands the operation to a running slot through that slot's locked queue and wakes it with an
+// eventfd whose read is kept in flight in the ring. The operation's address is the SQE's user_data.
+#if !defined(__linux__)
+#error "coport/detail/uring is the Linux backend"
+#endif
+
+#include <coport/detail/context_base.hpp>
+#include <coport/detail/uring/error.hpp>
+
+#include <liburing.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <system_error>
+
+namespace coport::detail::uring {
+
+class worker;
+class context;
+
+enum : std::uint8_t { cancel_idle, cancel_queued, cancel_closed };
+
+/// Base of every io_uring operation (an awaiter derives from it and stays put while it is in flight).
+/// Lifecycle, all on the owning worker's thread except request_cancel():
+///   start -> (kernel owns it) -> CQE -> complete -> resume the coroutine.
+/// Cancellation (any thread): request_cancel() moves m_cancel idle->queued and queues m_cancel_node on
+/// the owning worker; the worker then asks the kernel (ASYNC_CANCEL) and the coroutine resumes only with
+/// the operation's own CQE. While the cancel node is queued the operation is not resumed, so the queue
+/// never holds a dangling pointer.
+class operation {
+public:
+    struct vtable {
+        void (*start)(operation*, worker&) noexcept;  // prep the SQE(s) or arm the timer
+        void (*cancel)(operation*, worker&) noexcept; // ask the kernel to stop it (or disarm the timer)
+    };
+    explicit operation(const vtable* vt) noexcept : m_vt(vt) {}
+    operation(const operation&) = delete;
+    operation& operator=(const operation&) = delete;
+
+    void request_cancel() noexcept;
+
+    std::coroutine_handle<> m_handle;
+    int m_res = 0;
+    std::uint32_t m_cqe_flags = 0;
+    worker* m_worker = nullptr;
+    std::atomic<std::uint8_t> m_cancel{cancel_idle};
+    bool m_started = false;
+    bool m_done = false;
+    bool m_cancelled_early = false;
+
+    struct node final : work_item {
+        node(run_fn fn, operation* op) noexcept : work_item(fn), m_op(op) {}
+        operation* m_op;
+    };
+    node m_start_node{&run_start, this};
+    node m_cancel_node{&run_cancel, this};
+    const vtable* m_vt;
+
+private:
+    static void run_start(work_item* w) noexcept;
+    static void run_cancel(work_item* w) noexcept;
+};
+
+/// Registers a stop callback for an operation; destroyed before the operation's result is read
+/// (std::stop_callback's destructor waits for a callback running on another thread).
+struct cancel_callback {
+    operation* m_op;
+    void operator()() const noexcept { m_op->request_cancel(); }
+};
+using stop_registration = std::optional<std::stop_callback<cancel_callback>>;
+
+/// An operation that waits in a worker's timer heap instead of the kernel.
+class timer_op : public operation, public timer_node {
+public:
+    using operation::operation;
+};
+
+[[gnu::noinline]] inline worker*& current_worker_slot() noexcept {
+    static thread_local worker* slot = nullptr;
+    asm volatile("" ::: "memory");
+    return slot;
+}
+
+// Sentinel user_data values (operations are at least 8-aligned, so these never collide).
+inline constexpr std::uint64_t udata_ignore = 1; // cancel requests and other fire-and-forget SQEs
+
+class worker {
+public:
+    worker(context& ctx, unsigned index);
+    ~worker();
+    worker(const worker&) = delete;
+    worker& operator=(const worker&) = delete;
+
+    context& ctx() noexcept { return m_ctx; }
+    io_uring& ring() noexcept { return m_ring; }
+
+    /// Next free SQE; flushes the queue to the kernel when it is full. Worker thread only.
+    io_uring_sqe* get_sqe() {
+        for (;;) {
+            if (io_uring_sqe* sqe = io_uring_get_sqe(&m_ring)) return sqe;
+            submit_pending();
+        }
+    }
+    /// Preps one SQE for `op` (the kernel now owns it until its CQE). Worker thread only.
+    template <class Prep>
+    void submit(operation* op, Prep&& prep) {
+        io_uring_sqe* sqe = get_sqe();
+        prep(sqe);
+        io_uring_sqe_set_data(sqe, op);
+        ++m_inflight;
+    }
+    /// Asks the kernel to cancel `op` (the op's own CQE still follows). Worker thread only.
+    void submit_cancel(operation* op) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel(sqe, op, 0);
+        io_uring_sqe_set_data64(sqe, udata_ignore);
+    }
+
+    /// Starts `op` on this worker (worker thread only).
+    void start(operation* op) noexcept;
+    /// Completes an operation that never reached the kernel, from the run loop (not inline).
+    void complete_later(operation* op, int res) noexcept;
+    /// The CQE (or timer expiry) of `op` arrived: resume it unless a cancel request is queued for it.
+    void complete(operation* op) noexcept;
+
+    /// From any thread: queue a work item here and wake the worker if it sleeps.
+    void post_remote(work_item* w) noexcept;
+    /// Worker thread only: queue a work item for this loop turn.
+    void post_local(work_item* w) noexcept { m_local.push(w); }
+
+    enum class mode { run, run_one, poll };
+    std::size_t loop(mode m);
+    /// Shutdown: cancel everything and complete it; true while anything is left.
+    bool drain_turn();
+
+    timer_heap& timers() noexcept { return m_timers; }
+
+    std::atomic<bool> m_claimed{false};
+    unsigned m_index;
+    const std::atomic<bool>* m_until = nullptr; // run_until: leave the loop once this is set
+
+private:
+    friend class context;
+    void submit_pending();
+    std::size_t reap(std::size_t budget);
+    std::size_t fire_timers(std::size_t budget);
+    std::size_t run_local(std::size_t budget);
+    void take_remote();
+    void arm_wake();
+    void wake() noexcept;
+    void wait(bool block, bool orphans);
+    std::size_t turn();
+    [[nodiscard]] bool has_work() const noexcept;
+
+    context& m_ctx;
+    io_uring m_ring{};
+    int m_wake_fd = -1;
+    std::uint64_t m_wake_buf = 0;
+    bool m_wake_armed = false;
+    bool m_cancel_all_sent = false;
+    unsigned m_cq_capacity = 0;
+    std::size_t m_inflight = 0; // operations whose CQE is still due (the wake read excluded)
+    work_queue m_local;
+    work_queue m_backlog; // operations waiting for room in the completion queue
+    timer_heap m_timers;
+
+    std::mutex m_mutex; // guards m_remote and m_sleeping
+    work_queue m_remote;
+    bool m_sleeping = false;
+    std::atomic<bool> m_remote_hint{false};
+};
+
+/// The io_uring io_context.
+class context {
+public:
+    static constexpr unsigned max_workers = 256;
+
+    explicit context(const io_context_options& opts);
+    ~context();
+    context(const context&) = delete;
+    context& operator=(const context&) = delete;
+
+    std::size_t run() { return run_loop(worker::mode::run, nullptr); }
+    std::size_t run_one() { return run_loop(worker::mode::run_one, nullptr); }
+    std::size_t poll() { return run_loop(worker::mode::poll, nullptr); }
+    /// Runs until `done` is set (whoever sets it calls wake_all()), even when stopped or out of work.
+    std::size_t run_until(const std::atomic<bool>& done) { return run_loop(worker::mode::run, &done); }
+    void wake_all() noexcept {
+        unsigned n = m_nworkers.load(std::memory_order_acquire);
+        for (unsigned i = 0; i < n; ++i) m_workers[i]->wake();
+    }
+    void stop() noexcept;
+    [[nodiscard]] bool stopped() const noexcept { return m_stopped.load(std::memory_order_acquire); }
+    void restart() noexcept { m_stopped.store(false, std::memory_order_release); }
+    [[nodiscard]] static const char* name() noexcept { return "io_uring"; }
+
+    /// The worker the calling thread runs for this context, or null.
+    worker* this_worker() noexcept {
+        worker* w = current_worker_slot();
+        return (w && &w->ctx() == this) ? w : nullptr;
+    }
+    [[nodiscard]] bool running_in_this_thread() noexcept { return this_worker() != nullptr; }
+
+    /// Queue a work item (any thread). Counts as outstanding work until it has run.
+    void post(work_item* w) noexcept {
+        work_started();
+        w->m_counted = true;
+        if (worker* self = this_worker()) self->post_local(w);
+        else pick_worker().post_remote(w);
+    }
+    /// Start an operation (any thread). The caller has set op->m_handle; counts as work until resumed.
+    void start(operation* op) noexcept {
+        work_started();
+        if (worker* self = this_worker()) {
+            op->m_worker = self;
+            self->start(op);
+        } else {
+            worker& w = pick_worker();
+            op->m_worker = &w;
+            w.post_remote(&op->m_start_node);
+        }
+    }
+    /// Picks the worker an operation will run on, before it is published (to register a stop callback).
+    worker& owner_for_new_op() noexcept {
+        if (worker* self = this_worker()) return *self;
+        return pick_worker();
+    }
+    /// Start an operation on the worker chosen by owner_for_new_op().
+    void start_on(worker& w, operation* op) noexcept {
+        work_started();
+        op->m_worker = &w;
+        if (&w == this_worker()) w.start(op);
+        else w.post_remote(&op->m_start_node);
+    }
+
+    void work_started() noexcept { m_work.fetch_add(1, std::memory_order_relaxed); }
+    void work_finished() noexcept {
+        if (m_work.fetch_sub(1, std::memory_order_acq_rel) == 1) stop();
+    }
+    [[nodiscard]] bool shutting_down() const noexcept { return m_shutdown.load(std::memory_order_acquire); }
+
+private:
+    friend class worker;
+    std::size_t run_loop(worker::mode m, const std::atomic<bool>* until);
+    worker& pick_worker() noexcept;
+    worker* claim_worker();
+    bool service_orphans(worker& self);
+    void shutdown() noexcept;
+
+    io_context_options m_opts;
+    std::array<std::unique_ptr<worker>, max_workers> m_workers{};
+    std::atomic<unsigned> m_nworkers{0};
+    std::atomic<unsigned> m_round_robin{0};
+    std::mutex m_create_mutex;
+    std::atomic<std::size_t> m_work{0};
+    std::atomic<bool> m_stopped{false};
+    std::atomic<bool> m_shutdown{false};
+    unsigned m_setup_flags = 0;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// operation
+
+inline void operation::request_cancel() noexcept {
+    std::uint8_t expected = cancel_idle;
+    if (m_cancel.compare_exchange_strong(expected, cancel_queued, std::memory_order_acq_rel))
+        m_worker->post_remote(&m_cancel_node);
+}
+
+inline void operation::run_start(work_item* w) noexcept {
+    operation* op = static_cast<node*>(w)->m_op;
+    op->m_worker->start(op);
+}
+
+inline void operation::run_cancel(work_item* w) noexcept {
+    operation* op = static_cast<node*>(w)->m_op;
+    worker& wk = *op->m_worker;
+    if (op->m_done) {
+        // The completion arrived while this request was queued and was held back: deliver it now.
+        op->m_cancel.store(cancel_closed, std::memory_order_release);
+        wk.complete(op);
+    } else if (!op->m_started) {
+        op->m_cancelled_early = true; // its start item (or the backlog) completes it with ECANCELED
+        op->m_cancel.store(cancel_closed, std::memory_order_release);
+    } else {
+        op->m_cancel.store(cancel_closed, std::memory_order_release); // before: cancel() may complete it now
+        op->m_vt->cancel(op, wk);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// worker
+
+inline worker::worker(context& ctx, unsigned index) : m_index(index), m_ctx(ctx) {
+    io_uring_params p{};
+    p.flags = ctx.m_setup_flags;
+    p.cq_entries = ctx.m_opts.completion_entries;
+    int r = io_uring_queue_init_params(ctx.m_opts.queue_entries, &m_ring, &p);
+    if (r < 0) throw std::system_error(native_error(-r), "io_uring_queue_init_params");
+    m_cq_capacity = p.cq_entries;
+    m_wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (m_wake_fd < 0) {
+        int e = errno;
+        io_uring_queue_exit(&m_ring);
+        throw std::system_error(native_error(e), "eventfd");
+    }
+}
+
+inline worker::~worker() {
+    io_uring_queue_exit(&m_ring);
+    ::close(m_wake_fd);
+}
+
+inline void worker::arm_wake() {
+    if (m_wake_armed) return;
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_read(sqe, m_wake_fd, &m_wake_buf, sizeof m_wake_buf, 0);
+    io_uring_sqe_set_data(sqe, this); // a worker is never an operation: its address tags the wake read
+    m_wake_armed = true;
+}
+
+inline void worker::post_remote(work_item* w) noexcept {
+    bool wake;
+    {
+        std::lock_guard lock(m_mutex);
+        m_remote.push(w);
+        m_remote_hint.store(true, std::memory_order_relaxed);
+        wake = m_sleeping;
+        m_sleeping = false;
+    }
+    if (wake) {
+        std::uint64_t one = 1;
+        [[maybe_unused]] ssize_t n = ::write(m_wake_fd, &one, sizeof one);
+    }
+}
+
+inline void worker::take_remote() {
+    if (!m_remote_hint.load(std::memory_order_relaxed)) return;
+    std::lock_guard lock(m_mutex);
+    m_local.splice(m_remote);
+    m_remote_hint.store(false, std::memory_order_relaxed);
+}
+
+inline void worker::start(operation* op) noexcept {
+    if (op->m_cancelled_early || m_ctx.shutting_down()) {
+        complete_later(op, -ECANCELED);
+        return;
+    }
+    if (m_inflight >= m_cq_capacity) { // backpressure: never more in flight than the CQ holds
+        m_backlog.push(&op->m_start_node);
+        return;
+    }
+    op->m_started = true;
+    op->m_vt->start(op, *this);
+}
+
+inline void worker::complete_later(operation* op, int res) noexcept {
+    op->m_res = res;
+    op->m_started = true;
+    op->m_start_node.m_run = [](work_item* w) noexcept {
+        operation* o = static_cast<operation::node*>(w)->m_op;
+        o->m_worker->complete(o);
+    };
+    m_local.push(&op->m_start_node);
+}
+
+inline void worker::complete(operation* op) noexcept {
+    op->m_done = true;
+    std::uint8_t s = op->m_cancel.load(std::memory_order_acquire);
+    if (s == cancel_idle && !op->m_cancel.compare_exchange_strong(s, cancel_closed, std::memory_order_acq_rel)) {
+        // lost to a stop callback: it queued a cancel request that will deliver this completion
+    }
+    if (s == cancel_queued) return;
+    context& ctx = m_ctx;
+    op->m_handle.resume(); // the awaiter (and op) may be gone after this
+    ctx.work_finished();
+}
+
+inline void worker::submit_pending() {
+    for (;;) {
+        int r = io_uring_submit(&m_ring);
+        if (r >= 0) return;
+        if (r == -EINTR) continue;
+        if (r == -EBUSY || r == -EAGAIN) { // CQ overflow backlog in the kernel: reap, then retry
+            reap(static_cast<std::size_t>(-1));
+            continue;
+        }
+        // Any other error leaves SQEs unsubmitted: not recoverable without losing operations.
+        std::fprintf(stderr, "coport: io_uring_submit failed: %s\n", std::strerror(-r));
+        std::abort();
+    }
+}
+
+inline std::size_t worker::reap(std::size_t budget) {
+    struct entry {
+        std::uint64_t data;
+        int res;
+        std::uint32_t flags;
+    };
+    std::size_t handled = 0;
+    while (handled < budget) {
+        // Copy a batch out and free the CQ slots first: resumed coroutines may submit and reap again.
+        std::array<entry, 64> batch;
+        unsigned n = 0, head;
+        io_uring_cqe* cqe;
+        io_uring_for_each_cqe(&m_ring, head, cqe) {
+            batch[n++] = {cqe->user_data, cqe->res, cqe->flags};
+            if (n == batch.size() || n >= budget - handled) break;
+        }
+        if (n == 0) break;
+        io_uring_cq_advance(&m_ring, n);
+        for (unsigned i = 0; i < n; ++i) {
+            const entry& e = batch[i];
+            if (e.data == udata_ignore || e.data == LIBURING_UDATA_TIMEOUT) continue;
+            if (e.data == reinterpret_cast<std::uintptr_t>(this)) {
+                m_wake_armed = false;
+                if (!m_ctx.shutting_down()) arm_wake();
+                continue;
+            }
+            auto* op = reinterpret_cast<operation*>(e.data);
+            if (!(e.flags & IORING_CQE_F_MORE)) --m_inflight;
+            op->m_res = e.res;
+            op->m_cqe_flags = e.flags;
+            complete(op);
+            ++handled;
+        }
+        while (!m_backlog.empty() && m_inflight < m_cq_capacity) {
+            operation* op = static_cast<operation::node*>(m_backlog.pop())->m_op;
+            op->m_started = true;
+            if (op->m_cancelled_early || m_ctx.shutting_down()) complete_later(op, -ECANCELED);
+            else op->m_vt->start(op, *this);
+        }
+    }
+    return handled;
+}
+
+inline std::size_t worker::run_local(std::size_t budget) {
+    std::size_t n = 0;
+    // Only what is queued now: items that these handlers queue wait for the next turn, after I/O.
+    work_queue batch = std::move(m_local);
+    while (n < budget) {
+        work_item* w = batch.pop();
+        if (!w) break;
+        ++n;
+        bool counted = w->m_counted; // read first: running the item may free it
+        w->run();
+        if (counted) m_ctx.work_finished();
+    }
+    if (!batch.empty()) { // budget spent: the rest stays first in line
+        batch.splice(m_local);
+        m_local = std::move(batch);
+    }
+    return n;
+}
+
+inline std::size_t worker::fire_timers(std::size_t budget) {
+    if (m_timers.empty()) return 0;
+    std::size_t n = 0;
+    const auto now = clock::now();
+    while (n < budget) {
+        timer_node* t = m_timers.top();
+        if (!t || t->m_deadline > now) break;
+        m_timers.pop();
+        auto* op = static_cast<timer_op*>(t);
+        op->m_res = 0;
+        complete(op);
+        ++n;
+    }
+    return n;
+}
+
+inline void worker::wake() noexcept {
+    bool wake;
+    {
+        std::lock_guard lock(m_mutex);
+        wake = m_sleeping;
+        m_sleeping = false;
+    }
+    if (wake) {
+        std::uint64_t one = 1;
+        [[maybe_unused]] ssize_t n = ::write(m_wake_fd, &one, sizeof one);
+    }
+}
+
+inline void worker::wait(bool block, bool orphans) {
+    if (!block) {
+        if (io_uring_sq_ready(&m_ring)) submit_pending();
+        return;
+    }
+    __kernel_timespec ts{};
+    __kernel_timespec* pts = nullptr;
+    auto set_timeout = [&](clock::duration d) {
+        if (d < clock::duration::zero()) d = clock::duration::zero();
+        auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+        ts.tv_sec = ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        pts = &ts;
+    };
+    if (timer_node* t = m_timers.top()) set_timeout(t->m_deadline - clock::now());
+    if (orphans && (!pts || ts.tv_sec > 0 || ts.tv_nsec > 1000000)) set_timeout(std::chrono::milliseconds(1));
+    {
+        std::lock_guard lock(m_mutex);
+        if (!m_remote.empty()) {
+            block = false;
+        } else {
+            m_sleeping = true;
+        }
+    }
+    if (!block) {
+        if (io_uring_sq_ready(&m_ring)) submit_pending();
+        return;
+    }
+    io_uring_cqe* cqe = nullptr;
+    int r = io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, pts, nullptr);
+    if (r == -EBUSY || r == -EAGAIN) reap(static_cast<std::size_t>(-1));
+    {
+        std::lock_guard lock(m_mutex);
+        m_sleeping = false;
+    }
+}
+
+inline std::size_t worker::loop(mode m) {
+    constexpr std::size_t unlimited = static_cast<std::size_t>(-1);
+    const std::size_t budget = m == mode::run_one ? 1 : unlimited;
+    std::size_t total = 0;
+    arm_wake();
+    for (;;) {
+        if (m_until ? m_until->load(std::memory_order_acquire) : m_ctx.stopped()) break;
+        take_remote();
+        std::size_t n = reap(budget);
+        if (n < budget) n += fire_timers(budget - n);
+        if (n < budget) n += run_local(budget - n);
+        total += n;
+        rethrow_pending_exception();
+        if (m_until && m_until->load(std::memory_order_acquire)) break;
+        if (m == mode::run_one && total > 0) break;
+        if (!m_until && m_ctx.m_work.load(std::memory_order_acquire) == 0) {
+            m_ctx.stop();
+            break;
+        }
+        if (m == mode::poll && n == 0 && m_local.empty()) break;
+        bool orphans = m_ctx.m_nworkers.load(std::memory_order_acquire) > 1 && m_ctx.service_orphans(*this);
+        wait(m != mode::poll && m_local.empty() && n == 0, orphans);
+    }
+    if (io_uring_sq_ready(&m_ring)) submit_pending(); // nothing prepped may stay unsubmitted
+    return total;
+}
+
+inline bool worker::has_work() const noexcept {
+    return m_inflight > 0 || !m_timers.empty() || !m_local.empty() || !m_backlog.empty() ||
+           m_remote_hint.load(std::memory_order_relaxed);
+}
+
+inline std::size_t worker::turn() {
+    take_remote();
+    std::size_t n = reap(static_cast<std::size_t>(-1));
+    n += fire_timers(static_cast<std::size_t>(-1));
+    n += run_local(static_cast<std::size_t>(-1));
+    if (io_uring_sq_ready(&m_ring)) submit_pending();
+    return n;
+}
+
+inline bool worker::drain_turn() {
+    if (m_inflight > 0 && !m_cancel_all_sent) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
+        io_uring_sqe_set_data64(sqe, udata_ignore);
+        m_cancel_all_sent = true;
+    }
+    if (m_wake_armed && !m_cancel_all_sent) {
+        io_uring_sqe* sqe = get_sqe();
+        io_uring_prep_cancel(sqe, this, 0);
+        io_uring_sqe_set_data64(sqe, udata_ignore);
+        m_cancel_all_sent = true;
+    }
+    while (timer_node* t = m_timers.pop()) {
+        auto* op = static_cast<timer_op*>(t);
+        op->m_res = -ECANCELED;
+        complete(op);
+    }
+    turn();
+    bool more = has_work() || m_wake_armed;
+    if (more && m_local.empty() && (m_inflight > 0 || m_wake_armed)) {
+        __kernel_timespec ts{0, 10 * 1000 * 1000};
+        io_uring_cqe* cqe = nullptr;
+        io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, &ts, nullptr);
+        m_cancel_all_sent = false; // ask again: operations started meanwhile are completed early, but be sure
+    }
+    return more;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// context
+
+inline context::context(const io_context_options& opts) : m_opts(opts) {
+    if (const char* e = std::getenv("COPORT_DISABLE_IO_URING"); e && *e && std::strcmp(e, "0") != 0)
+        throw std::system_error(make_error_code(error::backend_unavailable),
+                                "io_uring refused: disabled by the environment variable COPORT_DISABLE_IO_URING");
+    // Probe the setup flags this kernel takes; fall back quietly to fewer.
+    const unsigned candidates[] = {IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL,
+                                   IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP, 0};
+    int last = 0;
+    for (unsigned flags : candidates) {
+        m_setup_flags = flags;
+        try {
+            m_workers[0] = std::make_unique<worker>(*this, 0);
+            break;
+        } catch (const std::system_error& e) {
+            last = e.code().value();
+            if (last != EINVAL) break;
+        }
+    }
+    if (!m_workers[0]) {
+        std::string why = "io_uring refused: io_uring_setup failed with " + std::string(std::strerror(last));
+        if (last == EPERM) why += " (blocked by a seccomp profile, or /proc/sys/kernel/io_uring_disabled)";
+        else if (last == ENOSYS) why += " (this kernel has no io_uring)";
+        else if (last == ENOMEM) why += " (locked-memory limit too low for the ring)";
+        throw std::system_error(native_error(last), why);
+    }
+    m_nworkers.store(1, std::memory_order_release);
+}
+
+inline context::~context() { shutdown(); }
+
+inline void context::stop() noexcept {
+    m_stopped.store(true, std::memory_order_release);
+    unsigned n = m_nworkers.load(std::memory_order_acquire);
+    for (unsigned i = 0; i < n; ++i) m_workers[i]->wake();
+}
+
+inline worker& context::pick_worker() noexcept {
+    unsigned n = m_nworkers.load(std::memory_order_acquire);
+    unsigned start = m_round_robin.fetch_add(1, std::memory_order_relaxed);
+    for (unsigned i = 0; i < n; ++i) {
+        worker& w = *m_workers[(start + i) % n];
+        if (w.m_claimed.load(std::memory_order_relaxed)) return w;
+    }
+    return *m_workers[0]; // nobody runs the context now: the next run() (or drain) takes it
+}
+
+inline worker* context::claim_worker() {
+    unsigned n = m_nworkers.load(std::memory_order_acquire);
+    for (int pass = 0; pass < 2; ++pass) {
+        for (unsigned i = 0; i < n; ++i) {
+            worker& w = *m_workers[i];
+            if (pass == 0 && !w.m_remote_hint.load(std::memory_order_relaxed) && i != 0) continue;
+            bool expected = false;
+            if (w.m_claimed.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) return &w;
+        }
+    }
+    std::lock_guard lock(m_create_mutex);
+    n = m_nworkers.load(std::memory_order_acquire);
+    if (n == max_workers) throw std::runtime_error("coport: too many threads running one io_context");
+    m_workers[n] = std::make_unique<worker>(*this, n);
+    m_workers[n]->m_claimed.store(true, std::memory_order_relaxed);
+    m_nworkers.store(n + 1, std::memory_order_release);
+    return m_workers[n].get();
+}
+
+inline bool context::service_orphans(worker& self) {
+    bool any = false;
+    unsigned n = m_nworkers.load(std::memory_order_acquire);
+    for (unsigned i = 0; i < n; ++i) {
+        worker& w = *m_workers[i];
+        if (&w == &self) continue;
+        bool expected = false;
+        if (!w.m_claimed.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) continue;
+        if (w.has_work()) {
+            w.turn();
+            any = any || w.has_work();
+        }
+        w.m_claimed.store(false, std::memory_order_release);
+    }
+    return any;
+}
+
+inline std::size_t context::run_loop(worker::mode m, const std::atomic<bool>* until) {
+    if (this_worker()) throw std::logic_error("coport: io_context::run() called from one of its own handlers");
+    if (stopped() && !until) return 0;
+    worker* w = claim_worker();
+    worker*& slot = current_worker_slot();
+    struct release {
+        worker*& slot;
+        worker* prev;
+        worker* w;
+        ~release() {
+            slot = prev;
+            w->m_until = nullptr;
+            w->m_claimed.store(false, std::memory_order_release);
+        }
+    } guard{slot, slot, w};
+    slot = w;
+    w->m_until = until;
+    return w->loop(m);
+}
+
+inline void context::shutdown() noexcept {
+    m_shutdown.store(true, std::memory_order_release);
+    unsigned n = m_nworkers.load(std::memory_order_acquire);
+    worker*& slot = current_worker_slot();
+    worker* prev = slot;
+    for (bool more = true; more;) {
+        more = false;
+        for (unsigned i = 0; i < n; ++i) {
+            worker& w = *m_workers[i];
+            slot = &w;
+            try {
+                more = w.drain_turn() || more;
+            } catch (...) {
+                // an exception from a handler during shutdown has nowhere to go
+                more = true;
+            }
+        }
+    }
+    slot = prev;
+}
+
+} // namespace coport::detail::uring

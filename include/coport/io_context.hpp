@@ -1,0 +1,257 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file io_context.hpp
+/// `io_context`: the completion port. Operations (I/O, timers, schedule()) are started from coroutines
+/// and complete on the threads that call `run()`.
+///
+/// Threads: `run()`, `run_one()` and `poll()` may be called from several threads at once (Windows: all
+/// wait on one completion port; Linux: each thread drives its own io_uring ring). A coroutine resumes on
+/// one of those threads. `post()`, `schedule()` and `stop()` may be called from any thread.
+///
+/// Outstanding work: every started operation, posted callable and `work_guard` counts. `run()` returns
+/// when there is none left (the context is then stopped) or after `stop()`. `restart()` allows running
+/// again.
+///
+/// Destruction (and nothing else) ends operations for good: every operation still in flight is cancelled,
+/// its completion is awaited, and its coroutine is resumed on the destroying thread with
+/// `errc::operation_aborted`; operations started during that drain complete at once with the same error,
+/// and queued work runs. No coroutine frame is destroyed by the context and none is leaked: frames belong
+/// to their tasks. Precondition: no thread is inside `run()` for this context.
+///
+/// Exceptions: an exception thrown by a posted callable or a detached coroutine (`spawn`) leaves the
+/// `run()` call of the thread that ran it.
+
+#include <coport/detail/child.hpp>
+#include <coport/detail/context_base.hpp>
+#include <coport/error.hpp>
+#include <coport/result.hpp>
+#include <coport/task.hpp>
+
+#include <chrono>
+#include <concepts>
+#include <coroutine>
+#include <cstddef>
+#include <stop_token>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace coport {
+
+namespace detail {
+/// What every backend's context provides (checked below for the chosen one).
+template <class C>
+concept backend_context = requires(C& c, const C& cc, work_item* w, const std::atomic<bool>& done) {
+    { c.run() } -> std::same_as<std::size_t>;
+    { c.run_one() } -> std::same_as<std::size_t>;
+    { c.poll() } -> std::same_as<std::size_t>;
+    { c.run_until(done) } -> std::same_as<std::size_t>;
+    c.stop();
+    c.restart();
+    c.wake_all();
+    { cc.stopped() } -> std::same_as<bool>;
+    c.post(w);
+    c.work_started();
+    c.work_finished();
+    { c.running_in_this_thread() } -> std::same_as<bool>;
+    { C::name() } -> std::convertible_to<const char*>;
+};
+static_assert(backend_context<backend::context>);
+} // namespace detail
+
+class io_context {
+public:
+    using clock = std::chrono::steady_clock;
+
+    /// Opens the completion port. Throws `std::system_error` if the OS refuses (e.g. io_uring blocked:
+    /// the message names the reason; the code compares equal to `errc::not_supported` or
+    /// `errc::permission_denied`).
+    io_context() : io_context(io_context_options{}) {}
+    explicit io_context(const io_context_options& opts) : m_impl(opts) {}
+    io_context(const io_context&) = delete;
+    io_context& operator=(const io_context&) = delete;
+
+    /// Runs handlers until out of work or stopped; returns how many ran.
+    std::size_t run() { return m_impl.run(); }
+    /// Blocks until at least one handler ran (runs at most one); 0 if out of work or stopped.
+    std::size_t run_one() { return m_impl.run_one(); }
+    /// Runs the handlers that are ready, without blocking.
+    std::size_t poll() { return m_impl.poll(); }
+    /// Makes every run() return as soon as possible. Operations stay pending (see the file comment).
+    void stop() noexcept { m_impl.stop(); }
+    [[nodiscard]] bool stopped() const noexcept { return m_impl.stopped(); }
+    /// Clears the stopped state so that run() may be called again.
+    void restart() noexcept { m_impl.restart(); }
+    /// True if the calling thread is inside run()/run_one()/poll() of this context.
+    [[nodiscard]] bool running_in_this_thread() noexcept { return m_impl.running_in_this_thread(); }
+    /// "io_uring", "epoll" or "iocp".
+    [[nodiscard]] const char* backend_name() const noexcept { return detail::backend::context::name(); }
+
+    /// Awaiter of schedule(): resumes the coroutine on a thread running this context.
+    class schedule_awaiter {
+    public:
+        explicit schedule_awaiter(io_context& ctx) noexcept : m_ctx(&ctx) {}
+        bool await_ready() const noexcept { return false; }
+        [[gnu::noinline]] void await_suspend(std::coroutine_handle<> h) noexcept {
+            m_item.m_handle = h;
+            m_ctx->m_impl.post(&m_item); // published: do not touch *this any more
+        }
+        void await_resume() const noexcept {}
+
+    private:
+        io_context* m_ctx;
+        detail::resume_item m_item;
+    };
+    /// `co_await ctx.schedule()` continues the coroutine on a thread running this context, after the
+    /// work already queued. Callable from any thread. Never fails; during destruction it still resumes.
+    [[nodiscard]] schedule_awaiter schedule() noexcept { return schedule_awaiter{*this}; }
+
+    /// Queues `f()` to run on a thread running this context. Callable from any thread. An exception
+    /// thrown by `f` leaves that thread's run().
+    template <class F>
+        requires std::invocable<std::decay_t<F>&>
+    void post(F&& f) {
+        m_impl.post(new detail::posted_callable<std::decay_t<F>>(std::forward<F>(f)));
+    }
+
+    /// `co_await ctx.sleep_for(d, st)`: resumes after `d` on a thread running this context, or earlier
+    /// with `errc::operation_aborted` if `st` is stopped first (the timer is removed before the resume).
+    /// Timers with equal deadlines started on the same thread fire in the order they were started.
+    [[nodiscard]] detail::backend::sleep_awaiter sleep_for(clock::duration d, std::stop_token st = {}) noexcept {
+        return detail::backend::sleep_awaiter(m_impl, clock::now() + d, std::move(st));
+    }
+    /// Like sleep_for, until the deadline `tp`.
+    [[nodiscard]] detail::backend::sleep_awaiter sleep_until(clock::time_point tp, std::stop_token st = {}) noexcept {
+        return detail::backend::sleep_awaiter(m_impl, tp, std::move(st));
+    }
+
+    /// Runs this context on the calling thread until `a` has finished, and returns its result (or
+    /// rethrows its exception). Other threads may run the context at the same time. The awaitable starts
+    /// on the calling thread, inside the run loop. Works after stop() or when out of work.
+    template <awaitable A>
+    await_result_t<A> block_on(A&& a) {
+        using R = await_result_t<A>;
+        struct done_latch final : detail::latch {
+            explicit done_latch(io_context& c) noexcept : detail::latch(1, &on_done), ctx(c) {}
+            io_context& ctx;
+            std::atomic<bool> done{false};
+            static void on_done(detail::latch* l) noexcept {
+                auto* self = static_cast<done_latch*>(l);
+                io_context& c = self->ctx;
+                self->done.store(true, std::memory_order_release);
+                c.m_impl.wake_all();
+            }
+        };
+        detail::child<R> c = detail::make_child<std::remove_cvref_t<A>, R>(std::forward<A>(a));
+        done_latch l(*this);
+        struct starter final : detail::work_item {
+            starter(detail::child<R>& c, done_latch& l) noexcept : work_item(&invoke), m_child(c), m_latch(l) {}
+            static void invoke(detail::work_item* w) noexcept {
+                auto* s = static_cast<starter*>(w);
+                s->m_child.start(s->m_latch);
+            }
+            detail::child<R>& m_child;
+            done_latch& m_latch;
+        } start_item(c, l);
+        m_impl.post(&start_item);
+        // The starter may be picked up by another thread's run(); either way run_until returns once
+        // the child has finished.
+        while (!l.done.load(std::memory_order_acquire)) m_impl.run_until(l.done);
+        return c.result().take();
+    }
+
+    /// The backend object (for the library's awaitables).
+    detail::backend::context& native() noexcept { return m_impl; }
+
+    /// Keeps run() from returning for lack of work while it exists (e.g. while other threads will post).
+    class work_guard {
+    public:
+        explicit work_guard(io_context& ctx) noexcept : m_ctx(&ctx) { ctx.m_impl.work_started(); }
+        work_guard(work_guard&& o) noexcept : m_ctx(std::exchange(o.m_ctx, nullptr)) {}
+        work_guard& operator=(work_guard&&) = delete;
+        ~work_guard() { reset(); }
+        /// Drops the guard early.
+        void reset() noexcept {
+            if (m_ctx) std::exchange(m_ctx, nullptr)->m_impl.work_finished();
+        }
+
+    private:
+        io_context* m_ctx;
+    };
+    [[nodiscard]] work_guard make_work_guard() noexcept { return work_guard{*this}; }
+
+private:
+    detail::backend::context m_impl;
+};
+
+namespace detail {
+struct detached_task {
+    struct promise_type {
+        resume_item m_start;
+        detached_task get_return_object() noexcept {
+            return detached_task{std::coroutine_handle<promise_type>::from_promise(*this)};
+        }
+        std::suspend_always initial_suspend() const noexcept { return {}; }
+        std::suspend_never final_suspend() const noexcept { return {}; }
+        void unhandled_exception() noexcept {
+            posted_callable<void (*)()>::report_exception(std::current_exception());
+        }
+        void return_void() noexcept {}
+    };
+    std::coroutine_handle<promise_type> m_handle;
+};
+inline detached_task run_detached(task<void> t) { co_await std::move(t); }
+} // namespace detail
+
+/// Starts `t` on a thread running `ctx` and forgets it. If `t` ends with an exception, that exception
+/// leaves the run() call of the thread that finished it. For coroutines you need to wait for, use
+/// async_scope (scope.hpp) instead.
+inline void spawn(io_context& ctx, task<void> t) {
+    auto h = detail::run_detached(std::move(t)).m_handle;
+    h.promise().m_start.m_handle = h;
+    ctx.native().post(&h.promise().m_start);
+}
+
+/// Runs `ctx.run()` on N threads until destroyed (then joins them). The first exception that leaves a
+/// thread's run() is kept and rethrown by join().
+class thread_pool_runner {
+public:
+    /// The seed's default: two threads per processor.
+    static unsigned default_threads() noexcept {
+        unsigned n = std::thread::hardware_concurrency();
+        return n ? 2 * n : 2;
+    }
+    explicit thread_pool_runner(io_context& ctx, unsigned threads = default_threads()) {
+        m_threads.reserve(threads);
+        for (unsigned i = 0; i < threads; ++i)
+            m_threads.emplace_back([this, &ctx] {
+                try {
+                    ctx.run();
+                } catch (...) {
+                    std::lock_guard lock(m_mutex);
+                    if (!m_exception) m_exception = std::current_exception();
+                }
+            });
+    }
+    thread_pool_runner(const thread_pool_runner&) = delete;
+    thread_pool_runner& operator=(const thread_pool_runner&) = delete;
+    ~thread_pool_runner() {
+        for (auto& t : m_threads)
+            if (t.joinable()) t.join();
+    }
+    /// Waits for every thread's run() to return; rethrows the first exception one of them threw.
+    void join() {
+        for (auto& t : m_threads)
+            if (t.joinable()) t.join();
+        if (m_exception) std::rethrow_exception(std::exchange(m_exception, nullptr));
+    }
+    [[nodiscard]] std::size_t size() const noexcept { return m_threads.size(); }
+
+private:
+    std::vector<std::thread> m_threads;
+    std::mutex m_mutex;
+    std::exception_ptr m_exception;
+};
+
+} // namespace coport
