@@ -143,7 +143,7 @@ public:
                 c.m_impl.wake_all();
             }
         };
-        detail::child<R> c = detail::make_child<std::remove_cvref_t<A>, R>(std::forward<A>(a));
+        detail::child<R> c = detail::make_child<A&&, R>(std::forward<A>(a)); // synchronous: a outlives c
         done_latch l(*this);
         struct starter final : detail::work_item {
             starter(detail::child<R>& c, done_latch& l) noexcept : work_item(&invoke), m_child(c), m_latch(l) {}

@@ -38,7 +38,7 @@ private:
 template <awaitable A>
 await_result_t<A> sync_wait(A&& a) {
     using R = await_result_t<A>;
-    detail::child<R> c = detail::make_child<std::remove_cvref_t<A>, R>(std::forward<A>(a));
+    detail::child<R> c = detail::make_child<A&&, R>(std::forward<A>(a)); // synchronous: a outlives c
     detail::blocking_latch l;
     c.start(l);
     l.wait();

@@ -32,7 +32,7 @@ template <class... Rs>
 class when_all_awaiter {
 public:
     template <class... As>
-    explicit when_all_awaiter(As&&... as) : m_children(make_child<std::remove_cvref_t<As>, Rs>(std::forward<As>(as))...) {}
+    explicit when_all_awaiter(As&&... as) : m_children(make_child<stored_t<As&&>, Rs>(std::forward<As>(as))...) {}
 
     bool await_ready() const noexcept { return sizeof...(Rs) == 0; }
     [[gnu::noinline]] bool await_suspend(std::coroutine_handle<> parent) noexcept {

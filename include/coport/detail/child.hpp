@@ -95,13 +95,21 @@ inline child<void> child_promise<void>::get_return_object() noexcept {
     return child<void>{std::coroutine_handle<child_promise>::from_promise(*this)};
 }
 
-/// The awaitable is moved into the child's frame (a coroutine parameter), so temporaries are safe.
-template <class A, class R = await_result_t<A>>
-child<R> make_child(A a) {
+/// How a child keeps its awaitable: lvalues by reference; movable rvalues moved into the child's frame (so
+/// temporaries are safe); non-movable rvalues (I/O awaiters) by reference, which is valid while the
+/// full-expression that created them lasts (`co_await when_all(a(), b())`).
+template <class A>
+using stored_t = std::conditional_t<std::is_lvalue_reference_v<A>, A,
+                                    std::conditional_t<std::is_move_constructible_v<std::remove_cvref_t<A>>,
+                                                       std::remove_cvref_t<A>, std::remove_reference_t<A>&&>>;
+
+/// A child that awaits `a`. `Stored` is a value type (moved into the frame) or a reference type.
+template <class Stored, class R = await_result_t<Stored>>
+child<R> make_child(Stored a) {
     if constexpr (std::is_void_v<R>) {
-        co_await std::move(a);
+        co_await static_cast<Stored&&>(a);
     } else {
-        co_return co_await std::move(a);
+        co_return co_await static_cast<Stored&&>(a);
     }
 }
 

@@ -246,10 +246,10 @@ public:
         if (worker* self = this_worker()) return *self;
         return pick_worker();
     }
-    /// Start an operation on the worker chosen by owner_for_new_op().
+    /// Start an operation on the worker chosen by owner_for_new_op(); the caller has set op->m_worker
+    /// (before registering its stop callback, which reads it).
     void start_on(worker& w, operation* op) noexcept {
         work_started();
-        op->m_worker = &w;
         if (&w == this_worker()) w.start(op);
         else w.post_remote(&op->m_start_node);
     }
