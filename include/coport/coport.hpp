@@ -4,8 +4,12 @@
 /// coport: C++20 coroutine networking over the completion-port model (IOCP on Windows, io_uring on Linux).
 /// This is the one header users include.
 
+#include <coport/buffer.hpp>
 #include <coport/error.hpp>
 #include <coport/io_context.hpp>
+#include <coport/net/address.hpp>
+#include <coport/net/resolver.hpp>
+#include <coport/net/tcp.hpp>
 #include <coport/result.hpp>
 #include <coport/scope.hpp>
 #include <coport/sync_wait.hpp>

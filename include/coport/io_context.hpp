@@ -21,6 +21,7 @@
 /// Exceptions: an exception thrown by a posted callable or a detached coroutine (`spawn`) leaves the
 /// `run()` call of the thread that ran it.
 
+#include <coport/detail/blocking_pool.hpp>
 #include <coport/detail/child.hpp>
 #include <coport/detail/context_base.hpp>
 #include <coport/error.hpp>
@@ -163,6 +164,8 @@ public:
 
     /// The backend object (for the library's awaitables).
     detail::backend::context& native() noexcept { return m_impl; }
+    /// Threads for blocking calls such as name resolution (for the library's awaitables).
+    detail::blocking_pool& blocking() noexcept { return m_blocking; }
 
     /// Keeps run() from returning for lack of work while it exists (e.g. while other threads will post).
     class work_guard {
@@ -183,6 +186,7 @@ public:
 
 private:
     detail::backend::context m_impl;
+    detail::blocking_pool m_blocking; // destroyed first: its unfinished jobs still post into m_impl
 };
 
 namespace detail {

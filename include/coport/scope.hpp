@@ -91,7 +91,7 @@ private:
         std::coroutine_handle<promise_type> m_handle;
     };
 
-    static detached run(async_scope* self, task<void> t) {
+    static detached run([[maybe_unused]] async_scope* self, task<void> t) { // self: for promise_type
         co_await std::move(t);
     }
     void arrive() noexcept {

@@ -48,7 +48,7 @@ public:
 private:
     template <class C>
     static void rethrow(C& c) {
-        if (c.result().has_exception()) c.result().take();
+        if (c.result().has_exception()) (void)c.result().take();
     }
     template <class R>
     static non_void_t<R> take(child<R>& c) {
@@ -75,7 +75,7 @@ public:
     }
     auto await_resume() {
         for (auto& c : m_children)
-            if (c.result().has_exception()) c.result().take();
+            if (c.result().has_exception()) (void)c.result().take();
         if constexpr (std::is_void_v<R>) {
             return;
         } else {

@@ -8,6 +8,7 @@
 #include <coport/detail/iocp/error.hpp>
 #include <coport/detail/iocp/context.hpp>
 #include <coport/detail/iocp/timer.hpp>
+#include <coport/detail/iocp/socket.hpp>
 namespace coport::detail {
 namespace backend = iocp;
 }
@@ -15,6 +16,7 @@ namespace backend = iocp;
 #include <coport/detail/uring/error.hpp>
 #include <coport/detail/uring/context.hpp>
 #include <coport/detail/uring/timer.hpp>
+#include <coport/detail/uring/socket.hpp>
 namespace coport::detail {
 namespace backend = uring;
 }

@@ -5,6 +5,7 @@
 #error "coport/detail/uring is the Linux backend"
 #endif
 
+#include <coport/detail/uring/os.hpp>
 #include <coport/error.hpp>
 
 #include <cerrno>
@@ -41,6 +42,9 @@ inline int native_condition(int e) noexcept {
 
 /// errno of the calling thread as an error_code.
 inline std::error_code last_error() noexcept { return native_error(errno); }
+
+/// The error of an operation on a socket that is not open.
+inline std::error_code not_open() noexcept { return native_error(EBADF); }
 
 /// getaddrinfo's EAI_* codes.
 inline std::error_code resolver_error(int eai) noexcept {

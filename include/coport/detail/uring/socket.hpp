@@ -1,0 +1,333 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+// io_uring backend: sockets and their operations (connect, accept, send, recv, sendmsg, recvmsg).
+//
+// A socket keeps a list of its operations in flight so that close() can cancel them: io_uring holds its
+// own reference to the file, so closing the fd alone would leave a pending recv waiting for data. The
+// cancellation is by user_data (the operation's address), never by fd, because fd numbers are reused as
+// soon as close() returns.
+#if !defined(__linux__)
+#error "coport/detail/uring is the Linux backend"
+#endif
+
+#include <coport/buffer.hpp>
+#include <coport/detail/uring/context.hpp>
+#include <coport/detail/uring/os.hpp>
+#include <coport/net/address.hpp>
+#include <coport/result.hpp>
+
+#include <array>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <vector>
+
+namespace coport::detail::uring {
+
+using native_handle_type = int;
+inline constexpr native_handle_type invalid_handle = -1;
+
+class socket_op;
+
+/// What is shared by a socket object and its operations.
+class socket_impl {
+public:
+    socket_impl(context& ctx, native_handle_type fd) noexcept : m_ctx(ctx), m_fd(fd) {}
+    socket_impl(const socket_impl&) = delete;
+    socket_impl& operator=(const socket_impl&) = delete;
+    ~socket_impl() { close(); }
+
+    /// A new socket: `v6` picks AF_INET6, `stream` SOCK_STREAM (else SOCK_DGRAM).
+    static result<std::unique_ptr<socket_impl>> open(context& ctx, bool v6, bool stream) {
+        int fd = ::socket(v6 ? AF_INET6 : AF_INET, (stream ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0);
+        if (fd < 0) return unexpected(last_error());
+        return std::make_unique<socket_impl>(ctx, fd);
+    }
+    /// Adopts an accepted fd.
+    static std::unique_ptr<socket_impl> adopt(context& ctx, native_handle_type fd) {
+        return std::make_unique<socket_impl>(ctx, fd);
+    }
+
+    context& ctx() noexcept { return m_ctx; }
+    [[nodiscard]] native_handle_type handle() const noexcept { return m_fd; }
+    [[nodiscard]] bool is_open() const noexcept { return m_fd != invalid_handle; }
+
+    /// Cancels every operation in flight (they resume with operation_aborted) and closes the fd.
+    void close() noexcept;
+
+    std::error_code set_option(int level, int name, int value) noexcept {
+        if (::setsockopt(m_fd, level, name, &value, sizeof value) != 0) return last_error();
+        return {};
+    }
+    result<int> get_option(int level, int name) const noexcept {
+        int v = 0;
+        socklen_t n = sizeof v;
+        if (::getsockopt(m_fd, level, name, &v, &n) != 0) return unexpected(last_error());
+        return v;
+    }
+    std::error_code set_linger(bool on, int seconds) noexcept {
+        ::linger l{on ? 1 : 0, seconds};
+        if (::setsockopt(m_fd, SOL_SOCKET, SO_LINGER, &l, sizeof l) != 0) return last_error();
+        return {};
+    }
+    std::error_code set_reuse_address(bool on) noexcept { return set_option(SOL_SOCKET, SO_REUSEADDR, on ? 1 : 0); }
+    std::error_code set_v6_only(bool on) noexcept { return set_option(IPPROTO_IPV6, IPV6_V6ONLY, on ? 1 : 0); }
+    std::error_code bind(const endpoint& ep) noexcept {
+        sockaddr_storage ss;
+        int len = ep.to_sockaddr(ss);
+        if (::bind(m_fd, reinterpret_cast<sockaddr*>(&ss), static_cast<socklen_t>(len)) != 0) return last_error();
+        return {};
+    }
+    std::error_code listen(int backlog) noexcept {
+        if (::listen(m_fd, backlog) != 0) return last_error();
+        return {};
+    }
+    result<endpoint> local_endpoint() const noexcept {
+        sockaddr_storage ss{};
+        socklen_t n = sizeof ss;
+        if (::getsockname(m_fd, reinterpret_cast<sockaddr*>(&ss), &n) != 0) return unexpected(last_error());
+        return endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
+    }
+    result<endpoint> remote_endpoint() const noexcept {
+        sockaddr_storage ss{};
+        socklen_t n = sizeof ss;
+        if (::getpeername(m_fd, reinterpret_cast<sockaddr*>(&ss), &n) != 0) return unexpected(last_error());
+        return endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
+    }
+    /// 0: receive side, 1: send side, 2: both.
+    std::error_code shutdown(int what) noexcept {
+        static constexpr int how[] = {SHUT_RD, SHUT_WR, SHUT_RDWR};
+        if (::shutdown(m_fd, how[what]) != 0) return last_error();
+        return {};
+    }
+
+private:
+    friend class socket_op;
+    bool attach(socket_op* op) noexcept;
+    bool detach(socket_op* op) noexcept;
+
+    context& m_ctx;
+    native_handle_type m_fd;
+    std::mutex m_mutex;
+    socket_op* m_ops = nullptr; // in flight, intrusive doubly-linked
+    bool m_closed = false;      // closed by the user: failures read as operation_aborted
+};
+
+/// Common part of socket operations: stop token, the socket's in-flight list, publication.
+class socket_op : public operation {
+public:
+    socket_op(const vtable* vt, socket_impl* s, std::stop_token st) noexcept
+        : operation(vt), m_sock(s), m_stop(std::move(st)) {}
+
+    bool await_ready() const noexcept { return false; }
+    [[gnu::noinline]] bool await_suspend(std::coroutine_handle<> h) noexcept {
+        if (m_res < 0) return false; // failed before reaching the kernel (e.g. could not open the socket)
+        if (m_stop.stop_requested()) {
+            m_res = -ECANCELED;
+            return false;
+        }
+        m_handle = h;
+        context& ctx = m_sock->ctx();
+        worker& w = ctx.owner_for_new_op();
+        m_worker = &w; // before attach(): close() may cancel from now on, which needs the worker
+        if (!m_sock->attach(this)) {
+            m_res = -ECANCELED;
+            return false;
+        }
+        m_attached = true;
+        if (m_stop.stop_possible()) m_reg.emplace(m_stop, cancel_callback{this});
+        ctx.start_on(w, this); // published: *this may already be resumed on another thread
+        return true;
+    }
+
+protected:
+    /// Call first in await_resume: after it the result is final. Returns the CQE result (-errno on error).
+    int finish() noexcept {
+        m_reg.reset();
+        bool closed = m_attached && m_sock->detach(this);
+        if (closed && m_res < 0) return -ECANCELED;
+        return m_res;
+    }
+    int fd() const noexcept { return m_sock->handle(); }
+    static std::error_code error_of(int res) noexcept { return native_error(-res); }
+
+    socket_impl* m_sock;
+
+private:
+    friend class socket_impl;
+    std::stop_token m_stop;
+    stop_registration m_reg;
+    socket_op* m_prev = nullptr;
+    socket_op* m_next = nullptr;
+    bool m_attached = false;
+};
+
+inline bool socket_impl::attach(socket_op* op) noexcept {
+    std::lock_guard lock(m_mutex);
+    if (m_closed || m_fd == invalid_handle) return false;
+    op->m_next = m_ops;
+    op->m_prev = nullptr;
+    if (m_ops) m_ops->m_prev = op;
+    m_ops = op;
+    return true;
+}
+
+inline bool socket_impl::detach(socket_op* op) noexcept {
+    std::lock_guard lock(m_mutex);
+    if (op->m_prev) op->m_prev->m_next = op->m_next;
+    else m_ops = op->m_next;
+    if (op->m_next) op->m_next->m_prev = op->m_prev;
+    return m_closed;
+}
+
+inline void socket_impl::close() noexcept {
+    native_handle_type fd;
+    {
+        std::lock_guard lock(m_mutex);
+        if (m_fd == invalid_handle) return;
+        m_closed = true;
+        // Each op stays alive until it detaches under this lock, so request_cancel() is safe here.
+        for (socket_op* op = m_ops; op; op = op->m_next) op->request_cancel();
+        fd = m_fd;
+        m_fd = invalid_handle;
+    }
+    ::close(fd);
+}
+
+/// recv into one buffer. Result: bytes received; 0 means the peer shut down its side (EOF).
+class recv_op : public socket_op {
+public:
+    recv_op(socket_impl* s, mutable_buffer b, std::stop_token st) noexcept
+        : socket_op(&s_vtable, s, std::move(st)), m_buf(b) {}
+    result<std::size_t> finish_bytes() noexcept {
+        int r = finish();
+        if (r < 0) return unexpected(error_of(r));
+        return static_cast<std::size_t>(r);
+    }
+
+private:
+    static void start(operation* op, worker& w) noexcept {
+        auto* self = static_cast<recv_op*>(op);
+        w.submit(op, [&](io_uring_sqe* sqe) { io_uring_prep_recv(sqe, self->fd(), self->m_buf.data, self->m_buf.size, 0); });
+    }
+    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
+    static constexpr vtable s_vtable{&start, &cancel};
+    mutable_buffer m_buf;
+};
+
+/// send from one buffer. Result: bytes sent (may be fewer than asked; see send_all).
+class send_op : public socket_op {
+public:
+    send_op(socket_impl* s, const_buffer b, std::stop_token st) noexcept
+        : socket_op(&s_vtable, s, std::move(st)), m_buf(b) {}
+    result<std::size_t> finish_bytes() noexcept {
+        int r = finish();
+        if (r < 0) return unexpected(error_of(r));
+        return static_cast<std::size_t>(r);
+    }
+
+private:
+    static void start(operation* op, worker& w) noexcept {
+        auto* self = static_cast<send_op*>(op);
+        w.submit(op, [&](io_uring_sqe* sqe) {
+            io_uring_prep_send(sqe, self->fd(), self->m_buf.data, self->m_buf.size, MSG_NOSIGNAL);
+        });
+    }
+    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
+    static constexpr vtable s_vtable{&start, &cancel};
+    const_buffer m_buf;
+};
+
+/// sendmsg/recvmsg over a buffer sequence (scatter/gather).
+class msg_op : public socket_op {
+public:
+    template <class B>
+    msg_op(socket_impl* s, std::span<const B> bufs, bool is_send, std::stop_token st)
+        : socket_op(is_send ? &s_send_vtable : &s_recv_vtable, s, std::move(st)) {
+        if (bufs.size() > m_inline.size()) m_heap.resize(bufs.size());
+        iovec* iov = bufs.size() > m_inline.size() ? m_heap.data() : m_inline.data();
+        for (std::size_t i = 0; i < bufs.size(); ++i)
+            iov[i] = iovec{const_cast<void*>(static_cast<const void*>(bufs[i].data)), bufs[i].size};
+        m_msg.msg_iov = iov;
+        m_msg.msg_iovlen = bufs.size();
+    }
+    result<std::size_t> finish_bytes() noexcept {
+        int r = finish();
+        if (r < 0) return unexpected(error_of(r));
+        return static_cast<std::size_t>(r);
+    }
+
+private:
+    static void start_send(operation* op, worker& w) noexcept {
+        auto* self = static_cast<msg_op*>(op);
+        w.submit(op, [&](io_uring_sqe* sqe) { io_uring_prep_sendmsg(sqe, self->fd(), &self->m_msg, MSG_NOSIGNAL); });
+    }
+    static void start_recv(operation* op, worker& w) noexcept {
+        auto* self = static_cast<msg_op*>(op);
+        w.submit(op, [&](io_uring_sqe* sqe) { io_uring_prep_recvmsg(sqe, self->fd(), &self->m_msg, 0); });
+    }
+    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
+    static constexpr vtable s_send_vtable{&start_send, &cancel};
+    static constexpr vtable s_recv_vtable{&start_recv, &cancel};
+    msghdr m_msg{};
+    std::array<iovec, 8> m_inline{};
+    std::vector<iovec> m_heap;
+};
+
+/// connect to one endpoint.
+class connect_op : public socket_op {
+public:
+    connect_op(socket_impl* s, const endpoint& ep, std::stop_token st) noexcept
+        : socket_op(&s_vtable, s, std::move(st)) {
+        m_len = static_cast<socklen_t>(ep.to_sockaddr(m_addr));
+    }
+    /// For an operation that failed before it started (e.g. the socket could not be opened).
+    void fail(std::error_code ec) noexcept { m_res = -(ec.value() ? ec.value() : EINVAL); }
+    result<void> finish_void() noexcept {
+        int r = finish();
+        if (r < 0) return unexpected(error_of(r));
+        return {};
+    }
+
+private:
+    static void start(operation* op, worker& w) noexcept {
+        auto* self = static_cast<connect_op*>(op);
+        w.submit(op, [&](io_uring_sqe* sqe) {
+            io_uring_prep_connect(sqe, self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), self->m_len);
+        });
+    }
+    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
+    static constexpr vtable s_vtable{&start, &cancel};
+    sockaddr_storage m_addr{};
+    socklen_t m_len = 0;
+};
+
+/// accept one connection.
+class accept_op : public socket_op {
+public:
+    accept_op(socket_impl* listener, std::stop_token st) noexcept : socket_op(&s_vtable, listener, std::move(st)) {}
+    struct accepted {
+        std::unique_ptr<socket_impl> socket;
+        endpoint peer;
+    };
+    result<accepted> finish_accept() {
+        int r = finish();
+        if (r < 0) return unexpected(error_of(r));
+        accepted a{socket_impl::adopt(m_sock->ctx(), r), endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&m_addr))};
+        return a;
+    }
+
+private:
+    static void start(operation* op, worker& w) noexcept {
+        auto* self = static_cast<accept_op*>(op);
+        w.submit(op, [&](io_uring_sqe* sqe) {
+            io_uring_prep_accept(sqe, self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), &self->m_len, SOCK_CLOEXEC);
+        });
+    }
+    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
+    static constexpr vtable s_vtable{&start, &cancel};
+    sockaddr_storage m_addr{};
+    socklen_t m_len = sizeof(sockaddr_storage);
+};
+
+} // namespace coport::detail::uring
