@@ -5,6 +5,7 @@
 /// This is the one header users include.
 
 #include <coport/buffer.hpp>
+#include <coport/cancel.hpp>
 #include <coport/error.hpp>
 #include <coport/io_context.hpp>
 #include <coport/net/address.hpp>

@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: MIT
+// with_timeout / with_deadline and when_any on real sockets and timers (every backend).
+#include <coport/coport.hpp>
+
+#include "support.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <string>
+#include <vector>
+
+using namespace std::chrono_literals;
+using coport::endpoint;
+using coport::io_context;
+using coport::ip_address;
+using coport::result;
+using coport::task;
+using coport::tcp_listener;
+using coport::tcp_socket;
+
+namespace {
+struct pair_of_sockets {
+    tcp_socket client, server;
+};
+task<pair_of_sockets> connected_pair(io_context& ctx, tcp_listener& l) {
+    auto ep = l.local_endpoint();
+    auto c = co_await tcp_socket::connect(ctx, "127.0.0.1", ep->port());
+    auto s = co_await l.accept();
+    pair_of_sockets p;
+    if (c && s) {
+        p.client = std::move(*c);
+        p.server = std::move(*s);
+    }
+    co_return p;
+}
+tcp_listener make_listener(io_context& ctx) {
+    auto l = tcp_listener::bind(ctx, endpoint(ip_address::loopback_v4(), 0));
+    REQUIRE(l);
+    return std::move(*l);
+}
+} // namespace
+
+TEST_CASE("with_timeout: a recv with no data times out, consumed nothing, and the socket still works",
+          "[cancel][timeout]") {
+    io_context ctx;
+    auto l = make_listener(ctx);
+    result<std::size_t> timed = 0, after = 0;
+    std::string got;
+    io_context::clock::duration took{};
+    auto run = [&]() -> task<void> {
+        auto p = co_await connected_pair(ctx, l);
+        if (!p.client.is_open()) co_return;
+        char buf[8] = {};
+        auto t0 = io_context::clock::now();
+        timed = co_await coport::with_timeout(ctx, 100ms, [&](std::stop_token st) {
+            return p.client.recv(coport::buffer(buf, sizeof buf), st);
+        });
+        took = io_context::clock::now() - t0;
+        co_await p.server.send_all(coport::buffer("late", 4));
+        after = co_await p.client.recv_exact(coport::buffer(buf, 4));
+        got.assign(buf, 4);
+    };
+    ctx.block_on(run());
+    REQUIRE(!timed);
+    CHECK(timed.error() == coport::errc::timed_out);
+    CHECK(took >= 100ms);
+    CHECK(took < 10s);
+    REQUIRE(after);
+    CHECK(got == "late");
+}
+
+TEST_CASE("with_timeout: an operation that finishes first returns its own result", "[cancel][timeout]") {
+    io_context ctx;
+    auto r = ctx.block_on(coport::with_timeout(ctx, 10s, [&](std::stop_token st) { return ctx.sleep_for(5ms, st); }));
+    CHECK(r.has_value());
+    std::stop_source outer;
+    outer.request_stop();
+    auto r2 = ctx.block_on(
+        coport::with_timeout(ctx, 10s, [&](std::stop_token st) { return ctx.sleep_for(1h, st); }, outer.get_token()));
+    REQUIRE(!r2);
+    CHECK(r2.error() == coport::errc::operation_aborted);
+}
+
+TEST_CASE("when_any returns the first finisher and cancels and awaits the others", "[cancel][when_any]") {
+    io_context ctx;
+    auto t0 = io_context::clock::now();
+    auto r = ctx.block_on(coport::when_any([&](std::stop_token st) { return ctx.sleep_for(1h, st); },
+                                           [&](std::stop_token st) { return ctx.sleep_for(10ms, st); },
+                                           [&](std::stop_token st) { return ctx.sleep_for(2h, st); }));
+    CHECK(r.index == 1);
+    CHECK(std::get<1>(r.value).has_value());
+    CHECK(io_context::clock::now() - t0 < 30s);
+    // Nothing is left in flight: the context runs out of work at once.
+    CHECK(ctx.poll() == 0);
+}
+
+TEST_CASE("a slow peer (1 byte per 100 ms) is cut off by a 1 s deadline while 100 fast peers carry on",
+          "[cancel][timeout][tcp]") {
+    io_context ctx;
+    auto l = make_listener(ctx);
+    const auto port = l.local_endpoint()->port();
+    constexpr int fast_peers = 100;
+    constexpr std::size_t msg = 64;
+    std::atomic<int> served{0}, cut_off{0}, other{0};
+    auto handle = [&](tcp_socket s) -> task<void> {
+        char buf[msg];
+        auto r = co_await coport::with_timeout(ctx, 1s, [&](std::stop_token st) {
+            return s.recv_exact(coport::buffer(buf, msg), st);
+        });
+        if (r) {
+            served.fetch_add(1);
+            co_await s.send_all(coport::buffer(buf, msg));
+        } else if (r.error() == coport::errc::timed_out) {
+            cut_off.fetch_add(1);
+        } else {
+            other.fetch_add(1);
+        }
+    };
+    auto server = [&]() -> task<void> {
+        coport::async_scope scope;
+        for (int i = 0; i < fast_peers + 1; ++i) {
+            auto s = co_await l.accept();
+            if (!s) break;
+            scope.spawn(handle(std::move(*s)));
+        }
+        co_await scope.join();
+    };
+    std::atomic<int> fast_ok{0};
+    auto fast = [&]() -> task<void> {
+        auto s = co_await tcp_socket::connect(ctx, "127.0.0.1", port);
+        if (!s) co_return;
+        std::string m(msg, 'f');
+        co_await s->send_all(coport::buffer(m));
+        char back[msg];
+        auto r = co_await s->recv_exact(coport::buffer(back, msg));
+        if (r) fast_ok.fetch_add(1);
+    };
+    bool slow_saw_close = false;
+    auto slow = [&]() -> task<void> {
+        auto s = co_await tcp_socket::connect(ctx, "127.0.0.1", port);
+        if (!s) co_return;
+        for (std::size_t i = 0; i < msg; ++i) {
+            auto w = co_await s->send(coport::buffer("s", 1));
+            if (!w) break;
+            co_await ctx.sleep_for(100ms);
+            if (i == 20) break; // 2 s of trickling: well past the server's deadline
+        }
+        char b[1];
+        auto r = co_await s->recv(coport::buffer(b, 1));
+        slow_saw_close = !r || *r == 0; // the server gave up and closed
+    };
+    auto all = [&]() -> task<void> {
+        coport::async_scope scope;
+        scope.spawn(server());
+        scope.spawn(slow());
+        for (int i = 0; i < fast_peers; ++i) scope.spawn(fast());
+        co_await scope.join();
+    };
+    ctx.block_on(all());
+    CHECK(served.load() == fast_peers);
+    CHECK(fast_ok.load() == fast_peers);
+    CHECK(cut_off.load() == 1);
+    CHECK(other.load() == 0);
+    CHECK(slow_saw_close);
+}
