@@ -56,7 +56,7 @@ concept backend_context = requires(C& c, const C& cc, work_item* w, const std::a
     c.work_started();
     c.work_finished();
     { c.running_in_this_thread() } -> std::same_as<bool>;
-    { C::name() } -> std::convertible_to<const char*>;
+    { cc.name() } -> std::convertible_to<const char*>;
 };
 static_assert(backend_context<backend::context>);
 } // namespace detail
@@ -87,7 +87,7 @@ public:
     /// True if the calling thread is inside run()/run_one()/poll() of this context.
     [[nodiscard]] bool running_in_this_thread() noexcept { return m_impl.running_in_this_thread(); }
     /// "io_uring", "epoll" or "iocp".
-    [[nodiscard]] const char* backend_name() const noexcept { return detail::backend::context::name(); }
+    [[nodiscard]] const char* backend_name() const noexcept { return m_impl.name(); }
 
     /// Awaiter of schedule(): resumes the coroutine on a thread running this context.
     class schedule_awaiter {

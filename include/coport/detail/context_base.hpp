@@ -8,9 +8,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <string>
 #include <exception>
 #include <utility>
 #include <vector>
+#include <atomic>
+#include <cstdio>
+#include <mutex>
 
 namespace coport::detail {
 
@@ -204,6 +208,17 @@ enum class backend_kind {
     iocp,      ///< Windows I/O completion port
 };
 
+/// Receives the one line coport logs when it falls back from the backend it wanted (io_uring refused ->
+/// epoll). Called at most once per process, from the constructing thread. Default: write it to stderr.
+/// Pass nullptr to silence it.
+using fallback_logger = void (*)(const char* message);
+inline std::atomic<fallback_logger>& fallback_logger_slot() noexcept {
+    static std::atomic<fallback_logger> slot{[](const char* m) { std::fprintf(stderr, "coport: %s\n", m); }};
+    return slot;
+}
+/// Replaces the fallback logger (see fallback_logger); returns the previous one.
+inline fallback_logger set_fallback_logger(fallback_logger f) noexcept { return fallback_logger_slot().exchange(f); }
+
 /// Construction options of an io_context (an aggregate: `io_context_options o; o.backend = ...;`).
 struct io_context_options {
     backend_kind backend = backend_kind::automatic;
@@ -213,4 +228,12 @@ struct io_context_options {
     /// (more wait in a backlog until completions make room).
     unsigned completion_entries = 32768;
 };
+namespace detail {
+inline void report_fallback(const std::string& message) {
+    static std::once_flag once;
+    std::call_once(once, [&] {
+        if (fallback_logger f = fallback_logger_slot().load()) f(message.c_str());
+    });
+}
+} // namespace detail
 } // namespace coport

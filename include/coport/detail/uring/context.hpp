@@ -2,7 +2,9 @@
 #pragma once
 // Linux io_uring backend: the completion port of coport on Linux.
 //
-// One context owns worker slots; each slot is an io_uring ring plus its queues. A thread that calls run()
+// One context owns worker slots; each slot is an io_uring ring plus its queues (or, where io_uring is
+// refused, an epoll instance: the same operations then run as readiness-driven syscalls; see
+// detail/epoll/context.hpp). A thread that calls run()
 // claims a free slot and is its only user until it returns, so every ring has one issuer at a time.
 // An operation is started on the slot of the thread that starts it; a thread that does not run the
 // context hands the operation to a running slot through that slot's locked queue and wakes it with an
@@ -15,6 +17,7 @@
 #include <coport/detail/uring/error.hpp>
 
 #include <liburing.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -33,6 +36,7 @@
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <vector>
 
 namespace coport::detail::uring {
 
@@ -50,9 +54,14 @@ enum : std::uint8_t { cancel_idle, cancel_queued, cancel_closed };
 /// never holds a dangling pointer.
 class operation {
 public:
+    /// I/O operations fill in prep/perform/fd/events; timers fill in arm/disarm instead.
     struct vtable {
-        void (*start)(operation*, worker&) noexcept;  // prep the SQE(s) or arm the timer
-        void (*cancel)(operation*, worker&) noexcept; // ask the kernel to stop it (or disarm the timer)
+        void (*prep)(operation*, io_uring_sqe*) noexcept; // io_uring: fill the SQE
+        int (*perform)(operation*) noexcept;              // epoll: the non-blocking syscall; -EAGAIN: wait
+        int (*fd)(const operation*) noexcept;             // epoll: the descriptor to wait on
+        std::uint32_t events;                             // epoll: EPOLLIN or EPOLLOUT
+        void (*arm)(operation*, worker&) noexcept;        // timers: start waiting
+        void (*disarm)(operation*, worker&) noexcept;     // timers: stop waiting (and complete)
     };
     explicit operation(const vtable* vt) noexcept : m_vt(vt) {}
     operation(const operation&) = delete;
@@ -68,6 +77,7 @@ public:
     bool m_started = false;
     bool m_done = false;
     bool m_cancelled_early = false;
+    int m_parked_fd = -1; // epoll: the descriptor whose queue holds this operation
 
     struct node final : work_item {
         node(run_fn fn, operation* op) noexcept : work_item(fn), m_op(op) {}
@@ -139,6 +149,9 @@ public:
 
     /// Starts `op` on this worker (worker thread only).
     void start(operation* op) noexcept;
+    /// Asks whatever holds `op` (kernel, timer heap, epoll queue) to give it back (worker thread only).
+    void cancel(operation* op) noexcept;
+    [[nodiscard]] bool uses_epoll() const noexcept { return m_epfd >= 0; }
     /// Completes an operation that never reached the kernel, from the run loop (not inline).
     void complete_later(operation* op, int res) noexcept;
     /// The CQE (or timer expiry) of `op` arrived: resume it unless a cancel request is queued for it.
@@ -172,6 +185,20 @@ private:
     void wait(bool block, bool orphans);
     std::size_t turn();
     [[nodiscard]] bool has_work() const noexcept;
+    void dispatch(operation* op) noexcept; // hand an I/O operation to the engine
+    void flush();                          // io_uring: submit what is prepped
+
+    // epoll engine (detail/epoll/context.hpp)
+    struct epoll_entry {
+        std::vector<operation*> readers, writers; // parked, oldest first
+    };
+    void epoll_init();
+    void epoll_start(operation* op) noexcept;
+    bool epoll_cancel(operation* op) noexcept;
+    std::size_t epoll_reap(std::size_t budget);
+    void epoll_wait_events(int timeout_ms);
+    void epoll_abort_all() noexcept;
+    std::size_t epoll_run_queue(std::vector<operation*>& q, std::size_t budget);
 
     context& m_ctx;
     io_uring m_ring{};
@@ -189,9 +216,15 @@ private:
     work_queue m_remote;
     bool m_sleeping = false;
     std::atomic<bool> m_remote_hint{false};
+
+    // epoll engine state (m_epfd < 0: io_uring)
+    int m_epfd = -1;
+    std::vector<epoll_entry> m_entries; // by descriptor
+    std::array<epoll_event, 64> m_events{};
+    int m_nevents = 0, m_next_event = 0;
 };
 
-/// The io_uring io_context.
+/// The Linux io_context: io_uring, or epoll where io_uring is refused.
 class context {
 public:
     static constexpr unsigned max_workers = 256;
@@ -213,7 +246,8 @@ public:
     void stop() noexcept;
     [[nodiscard]] bool stopped() const noexcept { return m_stopped.load(std::memory_order_acquire); }
     void restart() noexcept { m_stopped.store(false, std::memory_order_release); }
-    [[nodiscard]] static const char* name() noexcept { return "io_uring"; }
+    [[nodiscard]] const char* name() const noexcept { return m_use_epoll ? "epoll" : "io_uring"; }
+    [[nodiscard]] bool uses_epoll() const noexcept { return m_use_epoll; }
 
     /// The worker the calling thread runs for this context, or null.
     worker* this_worker() noexcept {
@@ -277,6 +311,9 @@ private:
     std::atomic<bool> m_stopped{false};
     std::atomic<bool> m_shutdown{false};
     unsigned m_setup_flags = 0;
+    bool m_use_epoll = false;
+    std::error_code m_uring_error;
+    std::string try_io_uring();
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -304,8 +341,8 @@ inline void operation::run_cancel(work_item* w) noexcept {
         op->m_cancelled_early = true; // its start item (or the backlog) completes it with ECANCELED
         op->m_cancel.store(cancel_closed, std::memory_order_release);
     } else {
-        op->m_cancel.store(cancel_closed, std::memory_order_release); // before: cancel() may complete it now
-        op->m_vt->cancel(op, wk);
+        op->m_cancel.store(cancel_closed, std::memory_order_release); // before: disarm may complete it now
+        wk.cancel(op);
     }
 }
 
@@ -313,27 +350,37 @@ inline void operation::run_cancel(work_item* w) noexcept {
 // worker
 
 inline worker::worker(context& ctx, unsigned index) : m_index(index), m_ctx(ctx) {
+    m_wake_fd = ::eventfd(0, EFD_CLOEXEC);
+    if (m_wake_fd < 0) throw std::system_error(last_error(), "eventfd");
+    if (ctx.m_use_epoll) {
+        try {
+            epoll_init();
+        } catch (...) {
+            ::close(m_wake_fd);
+            throw;
+        }
+        m_cq_capacity = static_cast<unsigned>(-1);
+        return;
+    }
     io_uring_params p{};
     p.flags = ctx.m_setup_flags;
     p.cq_entries = ctx.m_opts.completion_entries;
     int r = io_uring_queue_init_params(ctx.m_opts.queue_entries, &m_ring, &p);
-    if (r < 0) throw std::system_error(native_error(-r), "io_uring_queue_init_params");
-    m_cq_capacity = p.cq_entries;
-    m_wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (m_wake_fd < 0) {
-        int e = errno;
-        io_uring_queue_exit(&m_ring);
-        throw std::system_error(native_error(e), "eventfd");
+    if (r < 0) {
+        ::close(m_wake_fd);
+        throw std::system_error(native_error(-r), "io_uring_queue_init_params");
     }
+    m_cq_capacity = p.cq_entries;
 }
 
 inline worker::~worker() {
-    io_uring_queue_exit(&m_ring);
+    if (uses_epoll()) ::close(m_epfd);
+    else io_uring_queue_exit(&m_ring);
     ::close(m_wake_fd);
 }
 
 inline void worker::arm_wake() {
-    if (m_wake_armed) return;
+    if (m_wake_armed || uses_epoll()) return; // epoll: the eventfd is in the interest set for good
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_read(sqe, m_wake_fd, &m_wake_buf, sizeof m_wake_buf, 0);
     io_uring_sqe_set_data(sqe, this); // a worker is never an operation: its address tags the wake read
@@ -372,7 +419,19 @@ inline void worker::start(operation* op) noexcept {
         return;
     }
     op->m_started = true;
-    op->m_vt->start(op, *this);
+    dispatch(op);
+}
+
+inline void worker::dispatch(operation* op) noexcept {
+    if (op->m_vt->arm) op->m_vt->arm(op, *this);
+    else if (uses_epoll()) epoll_start(op);
+    else submit(op, [op](io_uring_sqe* sqe) { op->m_vt->prep(op, sqe); });
+}
+
+inline void worker::cancel(operation* op) noexcept {
+    if (op->m_vt->disarm) op->m_vt->disarm(op, *this);
+    else if (uses_epoll()) epoll_cancel(op);
+    else submit_cancel(op);
 }
 
 inline void worker::complete_later(operation* op, int res) noexcept {
@@ -398,6 +457,7 @@ inline void worker::complete(operation* op) noexcept {
 }
 
 inline void worker::submit_pending() {
+    if (uses_epoll()) return;
     for (;;) {
         int r = io_uring_submit(&m_ring);
         if (r >= 0) return;
@@ -413,6 +473,7 @@ inline void worker::submit_pending() {
 }
 
 inline std::size_t worker::reap(std::size_t budget) {
+    if (uses_epoll()) return epoll_reap(budget);
     struct entry {
         std::uint64_t data;
         int res;
@@ -449,7 +510,7 @@ inline std::size_t worker::reap(std::size_t budget) {
             operation* op = static_cast<operation::node*>(m_backlog.pop())->m_op;
             op->m_started = true;
             if (op->m_cancelled_early || m_ctx.shutting_down()) complete_later(op, -ECANCELED);
-            else op->m_vt->start(op, *this);
+            else dispatch(op);
         }
     }
     return handled;
@@ -503,41 +564,46 @@ inline void worker::wake() noexcept {
     }
 }
 
+inline void worker::flush() {
+    if (!uses_epoll() && io_uring_sq_ready(&m_ring)) submit_pending();
+}
+
 inline void worker::wait(bool block, bool orphans) {
+    clock::duration timeout = clock::duration::max();
+    if (block) {
+        if (timer_node* t = m_timers.top()) timeout = std::max(t->m_deadline - clock::now(), clock::duration::zero());
+        if (orphans) timeout = std::min<clock::duration>(timeout, std::chrono::milliseconds(1));
+        std::lock_guard lock(m_mutex);
+        if (!m_remote.empty()) block = false;
+        else m_sleeping = true;
+    }
     if (!block) {
-        if (io_uring_sq_ready(&m_ring)) submit_pending();
+        if (uses_epoll()) epoll_wait_events(0);
+        else flush();
         return;
     }
-    __kernel_timespec ts{};
-    __kernel_timespec* pts = nullptr;
-    auto set_timeout = [&](clock::duration d) {
-        if (d < clock::duration::zero()) d = clock::duration::zero();
-        auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
-        ts.tv_sec = ns / 1000000000;
-        ts.tv_nsec = ns % 1000000000;
-        pts = &ts;
-    };
-    if (timer_node* t = m_timers.top()) set_timeout(t->m_deadline - clock::now());
-    if (orphans && (!pts || ts.tv_sec > 0 || ts.tv_nsec > 1000000)) set_timeout(std::chrono::milliseconds(1));
-    {
-        std::lock_guard lock(m_mutex);
-        if (!m_remote.empty()) {
-            block = false;
-        } else {
-            m_sleeping = true;
+    if (uses_epoll()) {
+        int ms = -1;
+        if (timeout != clock::duration::max()) // round up: waking early would spin until the deadline
+            ms = static_cast<int>(std::min<long long>(
+                std::chrono::duration_cast<std::chrono::milliseconds>(timeout + std::chrono::microseconds(999)).count(),
+                1 << 30));
+        epoll_wait_events(ms);
+    } else {
+        __kernel_timespec ts{};
+        __kernel_timespec* pts = nullptr;
+        if (timeout != clock::duration::max()) {
+            auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
+            ts.tv_sec = ns / 1000000000;
+            ts.tv_nsec = ns % 1000000000;
+            pts = &ts;
         }
+        io_uring_cqe* cqe = nullptr;
+        int r = io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, pts, nullptr);
+        if (r == -EBUSY || r == -EAGAIN) reap(static_cast<std::size_t>(-1));
     }
-    if (!block) {
-        if (io_uring_sq_ready(&m_ring)) submit_pending();
-        return;
-    }
-    io_uring_cqe* cqe = nullptr;
-    int r = io_uring_submit_and_wait_timeout(&m_ring, &cqe, 1, pts, nullptr);
-    if (r == -EBUSY || r == -EAGAIN) reap(static_cast<std::size_t>(-1));
-    {
-        std::lock_guard lock(m_mutex);
-        m_sleeping = false;
-    }
+    std::lock_guard lock(m_mutex);
+    m_sleeping = false;
 }
 
 inline std::size_t worker::loop(mode m) {
@@ -563,7 +629,7 @@ inline std::size_t worker::loop(mode m) {
         bool orphans = m_ctx.m_nworkers.load(std::memory_order_acquire) > 1 && m_ctx.service_orphans(*this);
         wait(m != mode::poll && m_local.empty() && n == 0, orphans);
     }
-    if (io_uring_sq_ready(&m_ring)) submit_pending(); // nothing prepped may stay unsubmitted
+    flush(); // nothing prepped may stay unsubmitted
     return total;
 }
 
@@ -577,11 +643,22 @@ inline std::size_t worker::turn() {
     std::size_t n = reap(static_cast<std::size_t>(-1));
     n += fire_timers(static_cast<std::size_t>(-1));
     n += run_local(static_cast<std::size_t>(-1));
-    if (io_uring_sq_ready(&m_ring)) submit_pending();
+    if (uses_epoll()) epoll_wait_events(0);
+    else flush();
     return n;
 }
 
 inline bool worker::drain_turn() {
+    if (uses_epoll()) {
+        epoll_abort_all();
+        while (timer_node* t = m_timers.pop()) {
+            auto* op = static_cast<timer_op*>(t);
+            op->m_res = -ECANCELED;
+            complete(op);
+        }
+        turn();
+        return has_work();
+    }
     if (m_inflight > 0 && !m_cancel_all_sent) {
         io_uring_sqe* sqe = get_sqe();
         io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
@@ -614,9 +691,31 @@ inline bool worker::drain_turn() {
 // context
 
 inline context::context(const io_context_options& opts) : m_opts(opts) {
-    if (const char* e = std::getenv("COPORT_DISABLE_IO_URING"); e && *e && std::strcmp(e, "0") != 0)
-        throw std::system_error(make_error_code(error::backend_unavailable),
-                                "io_uring refused: disabled by the environment variable COPORT_DISABLE_IO_URING");
+    backend_kind want = opts.backend;
+    if (want == backend_kind::automatic) {
+        if (const char* e = std::getenv("COPORT_BACKEND"); e && std::strcmp(e, "epoll") == 0) want = backend_kind::epoll;
+        else if (e && std::strcmp(e, "io_uring") == 0) want = backend_kind::io_uring;
+    }
+    if (want == backend_kind::iocp) throw std::system_error(make_error_code(error::backend_unavailable), "IOCP is Windows only");
+    if (want != backend_kind::epoll) {
+        std::string why = try_io_uring();
+        if (why.empty()) {
+            m_nworkers.store(1, std::memory_order_release);
+            return;
+        }
+        if (want == backend_kind::io_uring) throw std::system_error(m_uring_error, why);
+        report_fallback(why + "; using epoll");
+    }
+    m_use_epoll = true;
+    m_workers[0] = std::make_unique<worker>(*this, 0);
+    m_nworkers.store(1, std::memory_order_release);
+}
+
+inline std::string context::try_io_uring() {
+    if (const char* e = std::getenv("COPORT_DISABLE_IO_URING"); e && *e && std::strcmp(e, "0") != 0) {
+        m_uring_error = make_error_code(error::backend_unavailable);
+        return "io_uring refused: disabled by the environment variable COPORT_DISABLE_IO_URING";
+    }
     // Probe the setup flags this kernel takes; fall back quietly to fewer.
     const unsigned candidates[] = {IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL,
                                    IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP, 0};
@@ -625,20 +724,18 @@ inline context::context(const io_context_options& opts) : m_opts(opts) {
         m_setup_flags = flags;
         try {
             m_workers[0] = std::make_unique<worker>(*this, 0);
-            break;
+            return {};
         } catch (const std::system_error& e) {
             last = e.code().value();
             if (last != EINVAL) break;
         }
     }
-    if (!m_workers[0]) {
-        std::string why = "io_uring refused: io_uring_setup failed with " + std::string(std::strerror(last));
-        if (last == EPERM) why += " (blocked by a seccomp profile, or /proc/sys/kernel/io_uring_disabled)";
-        else if (last == ENOSYS) why += " (this kernel has no io_uring)";
-        else if (last == ENOMEM) why += " (locked-memory limit too low for the ring)";
-        throw std::system_error(native_error(last), why);
-    }
-    m_nworkers.store(1, std::memory_order_release);
+    m_uring_error = native_error(last);
+    std::string why = "io_uring refused: io_uring_setup failed with " + std::string(std::strerror(last));
+    if (last == EPERM) why += " (blocked by a seccomp profile, or /proc/sys/kernel/io_uring_disabled)";
+    else if (last == ENOSYS) why += " (this kernel has no io_uring)";
+    else if (last == ENOMEM) why += " (locked-memory limit too low for the ring)";
+    return why;
 }
 
 inline context::~context() { shutdown(); }

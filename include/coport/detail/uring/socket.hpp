@@ -39,7 +39,9 @@ public:
 
     /// A new socket: `v6` picks AF_INET6, `stream` SOCK_STREAM (else SOCK_DGRAM).
     static result<std::unique_ptr<socket_impl>> open(context& ctx, bool v6, bool stream) {
-        int fd = ::socket(v6 ? AF_INET6 : AF_INET, (stream ? SOCK_STREAM : SOCK_DGRAM) | SOCK_CLOEXEC, 0);
+        // epoll: non-blocking, so that connect and accept never block a worker.
+        const int flags = SOCK_CLOEXEC | (ctx.uses_epoll() ? SOCK_NONBLOCK : 0);
+        int fd = ::socket(v6 ? AF_INET6 : AF_INET, (stream ? SOCK_STREAM : SOCK_DGRAM) | flags, 0);
         if (fd < 0) return unexpected(last_error());
         return std::make_unique<socket_impl>(ctx, fd);
     }
@@ -149,7 +151,13 @@ protected:
         return m_res;
     }
     int fd() const noexcept { return m_sock->handle(); }
+    static int fd_of(const operation* op) noexcept { return static_cast<const socket_op*>(op)->fd(); }
     static std::error_code error_of(int res) noexcept { return native_error(-res); }
+    /// A syscall's return as a CQE-style result (EWOULDBLOCK reads as EAGAIN: "park and wait").
+    static int sys(ssize_t r) noexcept {
+        if (r >= 0) return static_cast<int>(r);
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
 
     socket_impl* m_sock;
 
@@ -206,12 +214,15 @@ public:
     }
 
 private:
-    static void start(operation* op, worker& w) noexcept {
+    static void prep(operation* op, io_uring_sqe* sqe) noexcept {
         auto* self = static_cast<recv_op*>(op);
-        w.submit(op, [&](io_uring_sqe* sqe) { io_uring_prep_recv(sqe, self->fd(), self->m_buf.data, self->m_buf.size, 0); });
+        io_uring_prep_recv(sqe, self->fd(), self->m_buf.data, self->m_buf.size, 0);
     }
-    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
-    static constexpr vtable s_vtable{&start, &cancel};
+    static int perform(operation* op) noexcept {
+        auto* self = static_cast<recv_op*>(op);
+        return sys(::recv(self->fd(), self->m_buf.data, self->m_buf.size, MSG_DONTWAIT));
+    }
+    static constexpr vtable s_vtable{&prep, &perform, &fd_of, EPOLLIN, nullptr, nullptr};
     mutable_buffer m_buf;
 };
 
@@ -227,14 +238,15 @@ public:
     }
 
 private:
-    static void start(operation* op, worker& w) noexcept {
+    static void prep(operation* op, io_uring_sqe* sqe) noexcept {
         auto* self = static_cast<send_op*>(op);
-        w.submit(op, [&](io_uring_sqe* sqe) {
-            io_uring_prep_send(sqe, self->fd(), self->m_buf.data, self->m_buf.size, MSG_NOSIGNAL);
-        });
+        io_uring_prep_send(sqe, self->fd(), self->m_buf.data, self->m_buf.size, MSG_NOSIGNAL);
     }
-    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
-    static constexpr vtable s_vtable{&start, &cancel};
+    static int perform(operation* op) noexcept {
+        auto* self = static_cast<send_op*>(op);
+        return sys(::send(self->fd(), self->m_buf.data, self->m_buf.size, MSG_NOSIGNAL | MSG_DONTWAIT));
+    }
+    static constexpr vtable s_vtable{&prep, &perform, &fd_of, EPOLLOUT, nullptr, nullptr};
     const_buffer m_buf;
 };
 
@@ -258,17 +270,24 @@ public:
     }
 
 private:
-    static void start_send(operation* op, worker& w) noexcept {
+    static void prep_send(operation* op, io_uring_sqe* sqe) noexcept {
         auto* self = static_cast<msg_op*>(op);
-        w.submit(op, [&](io_uring_sqe* sqe) { io_uring_prep_sendmsg(sqe, self->fd(), &self->m_msg, MSG_NOSIGNAL); });
+        io_uring_prep_sendmsg(sqe, self->fd(), &self->m_msg, MSG_NOSIGNAL);
     }
-    static void start_recv(operation* op, worker& w) noexcept {
+    static void prep_recv(operation* op, io_uring_sqe* sqe) noexcept {
         auto* self = static_cast<msg_op*>(op);
-        w.submit(op, [&](io_uring_sqe* sqe) { io_uring_prep_recvmsg(sqe, self->fd(), &self->m_msg, 0); });
+        io_uring_prep_recvmsg(sqe, self->fd(), &self->m_msg, 0);
     }
-    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
-    static constexpr vtable s_send_vtable{&start_send, &cancel};
-    static constexpr vtable s_recv_vtable{&start_recv, &cancel};
+    static int perform_send(operation* op) noexcept {
+        auto* self = static_cast<msg_op*>(op);
+        return sys(::sendmsg(self->fd(), &self->m_msg, MSG_NOSIGNAL | MSG_DONTWAIT));
+    }
+    static int perform_recv(operation* op) noexcept {
+        auto* self = static_cast<msg_op*>(op);
+        return sys(::recvmsg(self->fd(), &self->m_msg, MSG_DONTWAIT));
+    }
+    static constexpr vtable s_send_vtable{&prep_send, &perform_send, &fd_of, EPOLLOUT, nullptr, nullptr};
+    static constexpr vtable s_recv_vtable{&prep_recv, &perform_recv, &fd_of, EPOLLIN, nullptr, nullptr};
     msghdr m_msg{};
     std::array<iovec, 8> m_inline{};
     std::vector<iovec> m_heap;
@@ -290,16 +309,28 @@ public:
     }
 
 private:
-    static void start(operation* op, worker& w) noexcept {
+    static void prep(operation* op, io_uring_sqe* sqe) noexcept {
         auto* self = static_cast<connect_op*>(op);
-        w.submit(op, [&](io_uring_sqe* sqe) {
-            io_uring_prep_connect(sqe, self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), self->m_len);
-        });
+        io_uring_prep_connect(sqe, self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), self->m_len);
     }
-    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
-    static constexpr vtable s_vtable{&start, &cancel};
+    // epoll: start the connect; once the socket turns writable, SO_ERROR holds the outcome.
+    static int perform(operation* op) noexcept {
+        auto* self = static_cast<connect_op*>(op);
+        if (!self->m_in_progress) {
+            if (::connect(self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), self->m_len) == 0) return 0;
+            if (errno != EINPROGRESS && errno != EINTR) return -errno;
+            self->m_in_progress = true;
+            return -EAGAIN;
+        }
+        int err = 0;
+        socklen_t n = sizeof err;
+        if (::getsockopt(self->fd(), SOL_SOCKET, SO_ERROR, &err, &n) != 0) return -errno;
+        return -err;
+    }
+    static constexpr vtable s_vtable{&prep, &perform, &fd_of, EPOLLOUT, nullptr, nullptr};
     sockaddr_storage m_addr{};
     socklen_t m_len = 0;
+    bool m_in_progress = false;
 };
 
 /// accept one connection.
@@ -318,14 +349,17 @@ public:
     }
 
 private:
-    static void start(operation* op, worker& w) noexcept {
+    static void prep(operation* op, io_uring_sqe* sqe) noexcept {
         auto* self = static_cast<accept_op*>(op);
-        w.submit(op, [&](io_uring_sqe* sqe) {
-            io_uring_prep_accept(sqe, self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), &self->m_len, SOCK_CLOEXEC);
-        });
+        io_uring_prep_accept(sqe, self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), &self->m_len, SOCK_CLOEXEC);
     }
-    static void cancel(operation* op, worker& w) noexcept { w.submit_cancel(op); }
-    static constexpr vtable s_vtable{&start, &cancel};
+    static int perform(operation* op) noexcept {
+        auto* self = static_cast<accept_op*>(op);
+        self->m_len = sizeof(sockaddr_storage);
+        return sys(::accept4(self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), &self->m_len,
+                             SOCK_CLOEXEC | SOCK_NONBLOCK));
+    }
+    static constexpr vtable s_vtable{&prep, &perform, &fd_of, EPOLLIN, nullptr, nullptr};
     sockaddr_storage m_addr{};
     socklen_t m_len = sizeof(sockaddr_storage);
 };

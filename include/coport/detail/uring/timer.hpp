@@ -37,15 +37,15 @@ public:
     }
 
 private:
-    static void start(operation* op, worker& w) noexcept { w.timers().push(static_cast<sleep_awaiter*>(op)); }
-    static void cancel(operation* op, worker& w) noexcept {
+    static void arm(operation* op, worker& w) noexcept { w.timers().push(static_cast<sleep_awaiter*>(op)); }
+    static void disarm(operation* op, worker& w) noexcept {
         auto* self = static_cast<sleep_awaiter*>(op);
         if (!self->queued()) return; // fired already; its completion is on its way
         w.timers().remove(self);
         self->m_res = -ECANCELED;
         w.complete(self);
     }
-    static constexpr vtable s_vtable{&start, &cancel};
+    static constexpr vtable s_vtable{nullptr, nullptr, nullptr, 0, &arm, &disarm};
 
     context& m_ctx;
     std::stop_token m_stop;
