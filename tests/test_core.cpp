@@ -158,19 +158,24 @@ TEST_CASE("spawn: an exception from a detached coroutine leaves run()", "[spawn]
     CHECK_THROWS_WITH(ctx.run(), "detached failure");
 }
 
-TEST_CASE("run() returns when out of work; restart() allows running again", "[io_context]") {
+TEST_CASE("run() returns when out of work and runs again; after stop(), only restart() does", "[io_context]") {
     io_context ctx;
     int n = 0;
     ctx.post([&] { ++n; });
     ctx.post([&] { ++n; });
     CHECK(ctx.run() == 2);
     CHECK(n == 2);
-    CHECK(ctx.stopped());
+    CHECK_FALSE(ctx.stopped()); // out of work is not stopped
     ctx.post([&] { ++n; });
+    CHECK(ctx.run() == 1);
+    CHECK(n == 3);
+    ctx.post([&] { ++n; });
+    ctx.stop();
+    CHECK(ctx.stopped());
     CHECK(ctx.run() == 0); // stopped until restart()
     ctx.restart();
     CHECK(ctx.run() == 1);
-    CHECK(n == 3);
+    CHECK(n == 4);
 }
 
 TEST_CASE("run_one runs one handler; poll runs the ready ones without blocking", "[io_context]") {

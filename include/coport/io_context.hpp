@@ -9,8 +9,8 @@
 /// one of those threads. `post()`, `schedule()` and `stop()` may be called from any thread.
 ///
 /// Outstanding work: every started operation, posted callable and `work_guard` counts. `run()` returns
-/// when there is none left (the context is then stopped) or after `stop()`. `restart()` allows running
-/// again.
+/// when there is none left, or after `stop()`. Running out of work does not stop the context: post more
+/// and run() again. After `stop()`, `restart()` is needed before run() does anything.
 ///
 /// Destruction (and nothing else) ends operations for good: every operation still in flight is cancelled,
 /// its completion is awaited, and its coroutine is resumed on the destroying thread with

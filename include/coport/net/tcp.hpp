@@ -17,8 +17,9 @@
 ///   some bytes (send_all reports how many); a cancelled accept accepted nothing; a cancelled connect
 ///   leaves the socket unconnected (close it).
 /// - `close()` cancels every pending operation on the socket (they resume with operation_aborted) and
-///   releases the handle. Destroying a socket closes it; destroying it while an operation is pending is a
-///   bug (the awaiting coroutine holds a reference to it).
+///   releases the handle. Destroying a socket closes it the same way; the library's own state lives on
+///   until the cancelled operations have resumed, so that is safe for the library — but a coroutine that
+///   resumes must not touch the destroyed socket object any more.
 /// - Errors are values: `result<T>`; compare with `coport::errc` (connection_reset, connection_refused,
 ///   eof, timed_out, operation_aborted, ...). A recv of 0 bytes is end of stream, not an error.
 
@@ -171,7 +172,7 @@ public:
 
 private:
     friend class tcp_listener;
-    tcp_socket(io_context& ctx, std::unique_ptr<impl> s) noexcept : m_ctx(&ctx), m_impl(std::move(s)) {}
+    tcp_socket(io_context& ctx, detail::backend::socket_ptr s) noexcept : m_ctx(&ctx), m_impl(std::move(s)) {}
 
     detail::backend::context& ctx_of() {
         if (!m_ctx) throw std::logic_error("coport::tcp_socket: no io_context (construct with tcp_socket(ctx))");
@@ -196,7 +197,7 @@ private:
     }
 
     io_context* m_ctx = nullptr;
-    std::unique_ptr<impl> m_impl;
+    detail::backend::socket_ptr m_impl;
 };
 
 /// Options of tcp_listener::bind.
@@ -273,7 +274,7 @@ public:
 
 private:
     io_context* m_ctx = nullptr;
-    std::unique_ptr<impl> m_impl;
+    detail::backend::socket_ptr m_impl;
 };
 
 // ---------------------------------------------------------------------------------------------------------

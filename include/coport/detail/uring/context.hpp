@@ -289,8 +289,10 @@ public:
     }
 
     void work_started() noexcept { m_work.fetch_add(1, std::memory_order_relaxed); }
+    /// The last unit of work wakes every thread in run() so that they return (the context is not
+    /// stopped: new work and run() carry on).
     void work_finished() noexcept {
-        if (m_work.fetch_sub(1, std::memory_order_acq_rel) == 1) stop();
+        if (m_work.fetch_sub(1, std::memory_order_acq_rel) == 1) wake_all();
     }
     [[nodiscard]] bool shutting_down() const noexcept { return m_shutdown.load(std::memory_order_acquire); }
 
@@ -621,10 +623,7 @@ inline std::size_t worker::loop(mode m) {
         rethrow_pending_exception();
         if (m_until && m_until->load(std::memory_order_acquire)) break;
         if (m == mode::run_one && total > 0) break;
-        if (!m_until && m_ctx.m_work.load(std::memory_order_acquire) == 0) {
-            m_ctx.stop();
-            break;
-        }
+        if (!m_until && m_ctx.m_work.load(std::memory_order_acquire) == 0) break; // out of work
         if (m == mode::poll && n == 0 && m_local.empty()) break;
         bool orphans = m_ctx.m_nworkers.load(std::memory_order_acquire) > 1 && m_ctx.service_orphans(*this);
         wait(m != mode::poll && m_local.empty() && n == 0, orphans);

@@ -28,6 +28,13 @@ using native_handle_type = int;
 inline constexpr native_handle_type invalid_handle = -1;
 
 class socket_op;
+class socket_impl;
+
+/// Deletes a socket_impl once no operation refers to it any more (see socket_impl::release).
+struct socket_deleter {
+    void operator()(socket_impl* s) const noexcept;
+};
+using socket_ptr = std::unique_ptr<socket_impl, socket_deleter>;
 
 /// What is shared by a socket object and its operations.
 class socket_impl {
@@ -37,18 +44,30 @@ public:
     socket_impl& operator=(const socket_impl&) = delete;
     ~socket_impl() { close(); }
 
+    /// The owner lets go: close (cancelling what is in flight) and delete, at once if nothing is in
+    /// flight, else when the last operation has resumed and detached. So destroying a socket with
+    /// operations pending never leaves them pointing at freed memory.
+    void release() noexcept {
+        bool now;
+        {
+            std::lock_guard lock(m_mutex);
+            close_locked();
+            now = m_ops == nullptr;
+            m_orphaned = !now;
+        }
+        if (now) delete this;
+    }
+
     /// A new socket: `v6` picks AF_INET6, `stream` SOCK_STREAM (else SOCK_DGRAM).
-    static result<std::unique_ptr<socket_impl>> open(context& ctx, bool v6, bool stream) {
+    static result<socket_ptr> open(context& ctx, bool v6, bool stream) {
         // epoll: non-blocking, so that connect and accept never block a worker.
         const int flags = SOCK_CLOEXEC | (ctx.uses_epoll() ? SOCK_NONBLOCK : 0);
         int fd = ::socket(v6 ? AF_INET6 : AF_INET, (stream ? SOCK_STREAM : SOCK_DGRAM) | flags, 0);
         if (fd < 0) return unexpected(last_error());
-        return std::make_unique<socket_impl>(ctx, fd);
+        return socket_ptr(new socket_impl(ctx, fd));
     }
     /// Adopts an accepted fd.
-    static std::unique_ptr<socket_impl> adopt(context& ctx, native_handle_type fd) {
-        return std::make_unique<socket_impl>(ctx, fd);
-    }
+    static socket_ptr adopt(context& ctx, native_handle_type fd) { return socket_ptr(new socket_impl(ctx, fd)); }
 
     context& ctx() noexcept { return m_ctx; }
     [[nodiscard]] native_handle_type handle() const noexcept { return m_fd; }
@@ -107,13 +126,17 @@ private:
     friend class socket_op;
     bool attach(socket_op* op) noexcept;
     bool detach(socket_op* op) noexcept;
+    void close_locked() noexcept;
 
     context& m_ctx;
     native_handle_type m_fd;
     std::mutex m_mutex;
     socket_op* m_ops = nullptr; // in flight, intrusive doubly-linked
     bool m_closed = false;      // closed by the user: failures read as operation_aborted
+    bool m_orphaned = false;    // released by its owner while operations were in flight
 };
+
+inline void socket_deleter::operator()(socket_impl* s) const noexcept { s->release(); }
 
 /// Common part of socket operations: stop token, the socket's in-flight list, publication.
 class socket_op : public operation {
@@ -181,25 +204,31 @@ inline bool socket_impl::attach(socket_op* op) noexcept {
 }
 
 inline bool socket_impl::detach(socket_op* op) noexcept {
-    std::lock_guard lock(m_mutex);
-    if (op->m_prev) op->m_prev->m_next = op->m_next;
-    else m_ops = op->m_next;
-    if (op->m_next) op->m_next->m_prev = op->m_prev;
-    return m_closed;
+    bool closed, last;
+    {
+        std::lock_guard lock(m_mutex);
+        if (op->m_prev) op->m_prev->m_next = op->m_next;
+        else m_ops = op->m_next;
+        if (op->m_next) op->m_next->m_prev = op->m_prev;
+        closed = m_closed;
+        last = m_orphaned && m_ops == nullptr;
+    }
+    if (last) delete this;
+    return closed;
 }
 
 inline void socket_impl::close() noexcept {
-    native_handle_type fd;
-    {
-        std::lock_guard lock(m_mutex);
-        if (m_fd == invalid_handle) return;
-        m_closed = true;
-        // Each op stays alive until it detaches under this lock, so request_cancel() is safe here.
-        for (socket_op* op = m_ops; op; op = op->m_next) op->request_cancel();
-        fd = m_fd;
-        m_fd = invalid_handle;
-    }
-    ::close(fd);
+    std::lock_guard lock(m_mutex);
+    close_locked();
+}
+
+inline void socket_impl::close_locked() noexcept {
+    if (m_fd == invalid_handle) return;
+    m_closed = true;
+    // Each op stays alive until it detaches under this lock, so request_cancel() is safe here.
+    for (socket_op* op = m_ops; op; op = op->m_next) op->request_cancel();
+    ::close(m_fd); // io_uring holds its own file reference for what is in flight; the cancels end those
+    m_fd = invalid_handle;
 }
 
 /// recv into one buffer. Result: bytes received; 0 means the peer shut down its side (EOF).
@@ -338,7 +367,7 @@ class accept_op : public socket_op {
 public:
     accept_op(socket_impl* listener, std::stop_token st) noexcept : socket_op(&s_vtable, listener, std::move(st)) {}
     struct accepted {
-        std::unique_ptr<socket_impl> socket;
+        socket_ptr socket;
         endpoint peer;
     };
     result<accepted> finish_accept() {
