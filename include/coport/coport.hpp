@@ -10,7 +10,10 @@
 #include <coport/io_context.hpp>
 #include <coport/net/address.hpp>
 #include <coport/net/resolver.hpp>
+#include <coport/net/local.hpp>
+#include <coport/net/stream.hpp>
 #include <coport/net/tcp.hpp>
+#include <coport/net/udp.hpp>
 #include <coport/result.hpp>
 #include <coport/scope.hpp>
 #include <coport/sync_wait.hpp>

@@ -28,37 +28,30 @@
 #include <coport/io_context.hpp>
 #include <coport/net/address.hpp>
 #include <coport/net/resolver.hpp>
+#include <coport/net/stream.hpp>
 #include <coport/result.hpp>
 #include <coport/task.hpp>
 
-#include <chrono>
-#include <cstddef>
 #include <cstdint>
-#include <memory>
-#include <span>
 #include <stop_token>
-#include <string_view>
+#include <string>
 #include <utility>
 
 namespace coport {
 
-/// Which direction(s) `shutdown` closes.
-enum class shutdown_type { receive = 0, send = 1, both = 2 };
-
 class tcp_listener;
 
-/// A TCP connection.
-class tcp_socket {
-    using impl = detail::backend::socket_impl;
-
+/// A TCP connection. recv/send/send_all/recv_exact/shutdown/close: see stream_socket.
+class tcp_socket : public stream_socket {
 public:
-    using native_handle_type = detail::backend::native_handle_type;
-
     /// A closed socket (assign a connected one to it).
     tcp_socket() noexcept = default;
+    /// A socket that belongs to `ctx` and is not open yet (connect(endpoint) opens it).
+    explicit tcp_socket(io_context& ctx) noexcept : stream_socket(ctx) {}
+    /// Internal: adopts an accepted socket.
+    tcp_socket(io_context& ctx, detail::backend::socket_ptr s) noexcept : stream_socket(ctx, std::move(s)) {}
     tcp_socket(tcp_socket&&) noexcept = default;
     tcp_socket& operator=(tcp_socket&&) noexcept = default;
-    ~tcp_socket() = default;
 
     /// Resolves `host`, then connects to each address in turn (the order getaddrinfo gives, IPv6 and
     /// IPv4) until one accepts. Errors: the resolver's (`host_not_found`, ...) or the last address's
@@ -66,138 +59,37 @@ public:
     static task<result<tcp_socket>> connect(io_context& ctx, std::string host, std::uint16_t port,
                                            std::stop_token st = {});
 
-    /// Awaiter of connect(endpoint).
-    class connect_awaiter : public detail::backend::connect_op {
-    public:
-        /// `s` is null when the socket could not be opened: then `pre` is the error.
-        connect_awaiter(impl* s, const endpoint& ep, std::stop_token st, std::error_code pre)
-            : connect_op(s, ep, std::move(st)), m_pre(pre) {}
-        bool await_ready() const noexcept { return static_cast<bool>(m_pre); }
-        result<void> await_resume() noexcept {
-            if (m_pre) return unexpected(m_pre);
-            return finish_void();
-        }
-
-    private:
-        std::error_code m_pre;
-    };
+    using connect_awaiter = detail::connect_awaiter;
     /// Connects to `ep`, opening the socket (of the endpoint's family) first if it is not open.
-    /// Must not be used on a socket that another coroutine is using.
+    /// Errors: `connection_refused`, `timed_out`, `network_unreachable`, `operation_aborted`, ...
     [[nodiscard]] connect_awaiter connect(const endpoint& ep, std::stop_token st = {}) {
         std::error_code pre;
         if (!m_impl) {
-            auto s = impl::open(ctx_of(), ep.is_v6(), true);
+            auto s = impl::open(ctx_of(), ep.is_v6() ? AF_INET6 : AF_INET, SOCK_STREAM);
             if (s) m_impl = std::move(*s);
             else pre = s.error();
         }
-        return connect_awaiter(m_impl.get(), ep, std::move(st), pre);
+        sockaddr_storage ss;
+        int len = ep.to_sockaddr(ss);
+        return connect_awaiter(m_impl.get(), ss, len, std::move(st), pre);
     }
 
-    /// Awaiter of recv/send: the number of bytes transferred.
-    template <class Op>
-    class bytes_awaiter : public Op {
-    public:
-        using Op::Op;
-        result<std::size_t> await_resume() noexcept { return this->finish_bytes(); }
-    };
-    using recv_awaiter = bytes_awaiter<detail::backend::recv_op>;
-    using send_awaiter = bytes_awaiter<detail::backend::send_op>;
-    using msg_awaiter = bytes_awaiter<detail::backend::msg_op>;
+    [[nodiscard]] result<endpoint> local_endpoint() const { return address(false); }
+    [[nodiscard]] result<endpoint> remote_endpoint() const { return address(true); }
 
-    /// Receives up to `buf.size` bytes. 0 bytes: the peer shut down (EOF).
-    [[nodiscard]] recv_awaiter recv(mutable_buffer buf, std::stop_token st = {}) {
-        return recv_awaiter(&checked(), buf, std::move(st));
-    }
-    /// Receives into several buffers in order (scatter). `bufs` must outlive the operation.
-    [[nodiscard]] msg_awaiter recv(std::span<const mutable_buffer> bufs, std::stop_token st = {}) {
-        return msg_awaiter(&checked(), bufs, false, std::move(st));
-    }
-    /// Sends up to `buf.size` bytes; may send fewer (see send_all).
-    [[nodiscard]] send_awaiter send(const_buffer buf, std::stop_token st = {}) {
-        return send_awaiter(&checked(), buf, std::move(st));
-    }
-    /// Sends from several buffers in order (gather). `bufs` must outlive the operation.
-    [[nodiscard]] msg_awaiter send(std::span<const const_buffer> bufs, std::stop_token st = {}) {
-        return msg_awaiter(&checked(), bufs, true, std::move(st));
-    }
-
-    /// Sends every byte of `buf` (looping over partial sends). On error, the error; the bytes sent
-    /// before it are in `*sent` when given.
-    task<result<std::size_t>> send_all(const_buffer buf, std::stop_token st = {}, std::size_t* sent = nullptr);
-    /// Receives exactly `buf.size` bytes. EOF before that: `errc::eof` (the bytes received so far are
-    /// in `*received` when given).
-    task<result<std::size_t>> recv_exact(mutable_buffer buf, std::stop_token st = {}, std::size_t* received = nullptr);
-
-    /// Shuts down one or both directions (send: the peer's recv then sees EOF).
-    result<void> shutdown(shutdown_type what) {
-        if (!m_impl) return unexpected(detail::not_open());
-        return detail::make_result(m_impl->shutdown(static_cast<int>(what)));
-    }
-    /// Cancels pending operations (they resume with operation_aborted) and closes the socket.
-    void close() noexcept {
-        if (m_impl) m_impl->close();
-    }
-    [[nodiscard]] bool is_open() const noexcept { return m_impl && m_impl->is_open(); }
-    [[nodiscard]] native_handle_type native_handle() const noexcept {
-        return m_impl ? m_impl->handle() : detail::backend::invalid_handle;
-    }
-    [[nodiscard]] result<endpoint> local_endpoint() const {
-        if (!m_impl) return unexpected(detail::not_open());
-        return m_impl->local_endpoint();
-    }
-    [[nodiscard]] result<endpoint> remote_endpoint() const {
-        if (!m_impl) return unexpected(detail::not_open());
-        return m_impl->remote_endpoint();
-    }
-
-    // Options.
-    result<void> set_no_delay(bool on) { return opt(IPPROTO_TCP, TCP_NODELAY, on); }
-    result<void> set_keep_alive(bool on) { return opt(SOL_SOCKET, SO_KEEPALIVE, on); }
-    result<void> set_send_buffer_size(int bytes) { return opt(SOL_SOCKET, SO_SNDBUF, bytes); }
-    result<void> set_receive_buffer_size(int bytes) { return opt(SOL_SOCKET, SO_RCVBUF, bytes); }
-    /// SO_LINGER. `set_linger(true, 0)` makes close() send a reset (RST) instead of FIN.
-    result<void> set_linger(bool on, std::chrono::seconds timeout) {
-        if (!m_impl) return unexpected(detail::not_open());
-        return detail::make_result(m_impl->set_linger(on, static_cast<int>(timeout.count())));
-    }
+    result<void> set_no_delay(bool on) { return set_int(IPPROTO_TCP, TCP_NODELAY, on); }
+    result<void> set_keep_alive(bool on) { return set_int(SOL_SOCKET, SO_KEEPALIVE, on); }
     [[nodiscard]] result<bool> no_delay() const { return get_bool(IPPROTO_TCP, TCP_NODELAY); }
     [[nodiscard]] result<bool> keep_alive() const { return get_bool(SOL_SOCKET, SO_KEEPALIVE); }
-    [[nodiscard]] result<int> receive_buffer_size() const { return get_int(SOL_SOCKET, SO_RCVBUF); }
-    [[nodiscard]] result<int> send_buffer_size() const { return get_int(SOL_SOCKET, SO_SNDBUF); }
-
-    /// A socket that belongs to `ctx` and is not open yet (connect(endpoint) opens it).
-    explicit tcp_socket(io_context& ctx) noexcept : m_ctx(&ctx) {}
-    /// The context this socket's operations complete on.
-    [[nodiscard]] io_context* context() const noexcept { return m_ctx; }
 
 private:
-    friend class tcp_listener;
-    tcp_socket(io_context& ctx, detail::backend::socket_ptr s) noexcept : m_ctx(&ctx), m_impl(std::move(s)) {}
-
-    detail::backend::context& ctx_of() {
-        if (!m_ctx) throw std::logic_error("coport::tcp_socket: no io_context (construct with tcp_socket(ctx))");
-        return m_ctx->native();
-    }
-    impl& checked() {
-        if (!m_impl) throw std::logic_error("coport::tcp_socket: operation on a socket that is not open");
-        return *m_impl;
-    }
-    result<void> opt(int level, int name, int v) {
+    result<endpoint> address(bool peer) const {
         if (!m_impl) return unexpected(detail::not_open());
-        return detail::make_result(m_impl->set_option(level, name, v));
+        sockaddr_storage ss{};
+        int len = 0;
+        if (auto ec = m_impl->address(peer, ss, len)) return unexpected(ec);
+        return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss));
     }
-    result<int> get_int(int level, int name) const {
-        if (!m_impl) return unexpected(detail::not_open());
-        return m_impl->get_option(level, name);
-    }
-    result<bool> get_bool(int level, int name) const {
-        auto r = get_int(level, name);
-        if (!r) return unexpected(r.error());
-        return *r != 0;
-    }
-
-    io_context* m_ctx = nullptr;
-    detail::backend::socket_ptr m_impl;
 };
 
 /// Options of tcp_listener::bind.
@@ -206,6 +98,9 @@ struct listen_options {
     /// Linux: SO_REUSEADDR (rebinding a port in TIME_WAIT). Windows: ignored, where rebinding is the
     /// default and SO_REUSEADDR would let other processes steal the port.
     bool reuse_address = true;
+    /// Linux: SO_REUSEPORT, so that several listeners (one io_context per core) share one port and the
+    /// kernel spreads connections over them. Not supported on Windows (bind fails with not_supported).
+    bool reuse_port = false;
     /// IPv6 listeners: accept IPv6 only (true) or IPv4-mapped too (false, where the OS allows).
     bool v6_only = false;
 };
@@ -222,16 +117,21 @@ public:
     /// Opens, binds and listens. Port 0 picks a free port: read it back with local_endpoint().
     /// Errors: `address_in_use`, `address_not_available`, `permission_denied`, ...
     static result<tcp_listener> bind(io_context& ctx, const endpoint& ep, listen_options opts = {}) {
-        auto s = impl::open(ctx.native(), ep.is_v6(), true);
+        auto s = impl::open(ctx.native(), ep.is_v6() ? AF_INET6 : AF_INET, SOCK_STREAM);
         if (!s) return unexpected(s.error());
         impl& i = **s;
         if (opts.reuse_address) {
             if (auto ec = i.set_reuse_address(true)) return unexpected(ec);
         }
+        if (opts.reuse_port) {
+            if (auto ec = i.set_reuse_port(true)) return unexpected(ec);
+        }
         if (ep.is_v6()) {
             if (auto ec = i.set_v6_only(opts.v6_only)) return unexpected(ec);
         }
-        if (auto ec = i.bind(ep)) return unexpected(ec);
+        sockaddr_storage ss;
+        int len = ep.to_sockaddr(ss);
+        if (auto ec = i.bind(ss, len)) return unexpected(ec);
         if (auto ec = i.listen(opts.backlog)) return unexpected(ec);
         tcp_listener l;
         l.m_ctx = &ctx;
@@ -239,21 +139,9 @@ public:
         return l;
     }
 
-    /// Awaiter of accept(): the connected socket (on the listener's io_context).
-    class accept_awaiter : public detail::backend::accept_op {
-    public:
-        accept_awaiter(io_context& ctx, impl* s, std::stop_token st) : accept_op(s, std::move(st)), m_ctx(ctx) {}
-        result<tcp_socket> await_resume() {
-            auto r = finish_accept();
-            if (!r) return unexpected(r.error());
-            return tcp_socket(m_ctx, std::move(r->socket));
-        }
-
-    private:
-        io_context& m_ctx;
-    };
-    /// Accepts the next connection. Errors: `operation_aborted` (cancelled or closed), `too_many_files`.
-    /// A client that resets before its connection is accepted is skipped, not reported.
+    using accept_awaiter = detail::accept_awaiter<tcp_socket>;
+    /// Accepts the next connection (on the listener's io_context). Errors: `operation_aborted`
+    /// (cancelled or closed), `too_many_files`. A client that resets before it is accepted is skipped.
     [[nodiscard]] accept_awaiter accept(std::stop_token st = {}) {
         if (!m_impl) throw std::logic_error("coport::tcp_listener: accept on a listener that is not open");
         return accept_awaiter(*m_ctx, m_impl.get(), std::move(st));
@@ -261,7 +149,10 @@ public:
 
     [[nodiscard]] result<endpoint> local_endpoint() const {
         if (!m_impl) return unexpected(detail::not_open());
-        return m_impl->local_endpoint();
+        sockaddr_storage ss{};
+        int len = 0;
+        if (auto ec = m_impl->address(false, ss, len)) return unexpected(ec);
+        return endpoint::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss));
     }
     /// Cancels a pending accept (operation_aborted) and closes the listening socket.
     void close() noexcept {
@@ -292,37 +183,6 @@ inline task<result<tcp_socket>> tcp_socket::connect(io_context& ctx, std::string
         if (last == errc::operation_aborted) break;
     }
     co_return unexpected(last);
-}
-
-inline task<result<std::size_t>> tcp_socket::send_all(const_buffer buf, std::stop_token st, std::size_t* sent) {
-    std::size_t done = 0;
-    const auto* p = static_cast<const std::byte*>(buf.data);
-    while (done < buf.size) {
-        auto r = co_await send(const_buffer(p + done, buf.size - done), st);
-        if (!r) {
-            if (sent) *sent = done;
-            co_return unexpected(r.error());
-        }
-        done += *r;
-    }
-    if (sent) *sent = done;
-    co_return done;
-}
-
-inline task<result<std::size_t>> tcp_socket::recv_exact(mutable_buffer buf, std::stop_token st, std::size_t* received) {
-    std::size_t done = 0;
-    auto* p = static_cast<std::byte*>(buf.data);
-    while (done < buf.size) {
-        auto r = co_await recv(mutable_buffer(p + done, buf.size - done), st);
-        if (!r || *r == 0) {
-            if (received) *received = done;
-            if (!r) co_return unexpected(r.error());
-            co_return unexpected(make_error_code(error::eof));
-        }
-        done += *r;
-    }
-    if (received) *received = done;
-    co_return done;
 }
 
 } // namespace coport

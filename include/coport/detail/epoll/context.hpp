@@ -79,9 +79,13 @@ inline bool worker::epoll_cancel(operation* op) noexcept {
     return false; // already completed: its result is on its way
 }
 
-inline std::size_t worker::epoll_run_queue(std::vector<operation*>& q, std::size_t budget) {
+inline std::size_t worker::epoll_run_queue(int fd, bool writers, std::size_t budget) {
     std::size_t n = 0;
-    while (!q.empty() && n < budget) {
+    while (n < budget) {
+        // Re-index every time: a completion may park operations on other descriptors and grow m_entries.
+        epoll_entry& e = m_entries[static_cast<std::size_t>(fd)];
+        std::vector<operation*>& q = writers ? e.writers : e.readers;
+        if (q.empty()) break;
         operation* op = q.front();
         int r = op->m_vt->perform(op);
         if (r == -EAGAIN) break; // edge-triggered: the next edge brings us back
@@ -89,7 +93,7 @@ inline std::size_t worker::epoll_run_queue(std::vector<operation*>& q, std::size
         --m_inflight;
         op->m_parked_fd = -1;
         op->m_res = r;
-        complete(op); // may park new operations on this queue: they go to its end
+        complete(op); // may park new operations here too: they go to the end of the queue
         ++n;
     }
     return n;
@@ -113,21 +117,21 @@ inline std::size_t worker::epoll_reap(std::size_t budget) {
             continue;
         }
         if (static_cast<std::size_t>(fd) >= m_entries.size()) continue;
-        // Re-index after each run: completions may park operations and grow m_entries.
-        if (ev.events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
-            handled += epoll_run_queue(m_entries[static_cast<std::size_t>(fd)].readers, budget - handled);
+        if (ev.events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) handled += epoll_run_queue(fd, false, budget - handled);
         if (ev.events & (EPOLLOUT | EPOLLERR | EPOLLHUP) && handled < budget)
-            handled += epoll_run_queue(m_entries[static_cast<std::size_t>(fd)].writers, budget - handled);
+            handled += epoll_run_queue(fd, true, budget - handled);
     }
     return handled;
 }
 
 inline void worker::epoll_abort_all() noexcept {
-    for (auto& e : m_entries)
-        for (auto* q : {&e.readers, &e.writers})
-            while (!q->empty()) {
-                operation* op = q->front();
-                q->erase(q->begin());
+    for (std::size_t fd = 0; fd < m_entries.size(); ++fd)
+        for (bool writers : {false, true})
+            for (;;) { // index anew each time: completions may grow m_entries
+                std::vector<operation*>& q = writers ? m_entries[fd].writers : m_entries[fd].readers;
+                if (q.empty()) break;
+                operation* op = q.front();
+                q.erase(q.begin());
                 --m_inflight;
                 op->m_parked_fd = -1;
                 op->m_res = -ECANCELED;

@@ -198,7 +198,7 @@ private:
     std::size_t epoll_reap(std::size_t budget);
     void epoll_wait_events(int timeout_ms);
     void epoll_abort_all() noexcept;
-    std::size_t epoll_run_queue(std::vector<operation*>& q, std::size_t budget);
+    std::size_t epoll_run_queue(int fd, bool writers, std::size_t budget);
 
     context& m_ctx;
     io_uring m_ring{};

@@ -58,16 +58,18 @@ public:
         if (now) delete this;
     }
 
-    /// A new socket: `v6` picks AF_INET6, `stream` SOCK_STREAM (else SOCK_DGRAM).
-    static result<socket_ptr> open(context& ctx, bool v6, bool stream) {
+    /// A new socket: `family` AF_INET, AF_INET6 or AF_UNIX; `type` SOCK_STREAM or SOCK_DGRAM.
+    static result<socket_ptr> open(context& ctx, int family, int type) {
         // epoll: non-blocking, so that connect and accept never block a worker.
         const int flags = SOCK_CLOEXEC | (ctx.uses_epoll() ? SOCK_NONBLOCK : 0);
-        int fd = ::socket(v6 ? AF_INET6 : AF_INET, (stream ? SOCK_STREAM : SOCK_DGRAM) | flags, 0);
+        int fd = ::socket(family, type | flags, 0);
         if (fd < 0) return unexpected(last_error());
         return socket_ptr(new socket_impl(ctx, fd));
     }
     /// Adopts an accepted fd.
-    static socket_ptr adopt(context& ctx, native_handle_type fd) { return socket_ptr(new socket_impl(ctx, fd)); }
+    static socket_ptr adopt(context& ctx, native_handle_type fd, int /*family*/) {
+        return socket_ptr(new socket_impl(ctx, fd));
+    }
 
     context& ctx() noexcept { return m_ctx; }
     [[nodiscard]] native_handle_type handle() const noexcept { return m_fd; }
@@ -92,28 +94,33 @@ public:
         return {};
     }
     std::error_code set_reuse_address(bool on) noexcept { return set_option(SOL_SOCKET, SO_REUSEADDR, on ? 1 : 0); }
+    std::error_code set_reuse_port(bool on) noexcept { return set_option(SOL_SOCKET, SO_REUSEPORT, on ? 1 : 0); }
     std::error_code set_v6_only(bool on) noexcept { return set_option(IPPROTO_IPV6, IPV6_V6ONLY, on ? 1 : 0); }
-    std::error_code bind(const endpoint& ep) noexcept {
-        sockaddr_storage ss;
-        int len = ep.to_sockaddr(ss);
-        if (::bind(m_fd, reinterpret_cast<sockaddr*>(&ss), static_cast<socklen_t>(len)) != 0) return last_error();
+    std::error_code set_option_raw(int level, int name, const void* v, int len) noexcept {
+        if (::setsockopt(m_fd, level, name, v, static_cast<socklen_t>(len)) != 0) return last_error();
+        return {};
+    }
+    std::error_code bind(const sockaddr_storage& ss, int len) noexcept {
+        if (::bind(m_fd, reinterpret_cast<const sockaddr*>(&ss), static_cast<socklen_t>(len)) != 0) return last_error();
+        return {};
+    }
+    /// Immediate connect (datagram sockets: sets the default peer).
+    std::error_code connect_now(const sockaddr_storage& ss, int len) noexcept {
+        if (::connect(m_fd, reinterpret_cast<const sockaddr*>(&ss), static_cast<socklen_t>(len)) != 0) return last_error();
+        return {};
+    }
+    /// The raw local / peer address (any family).
+    std::error_code address(bool peer, sockaddr_storage& ss, int& len) const noexcept {
+        socklen_t n = sizeof ss;
+        int r = peer ? ::getpeername(m_fd, reinterpret_cast<sockaddr*>(&ss), &n)
+                     : ::getsockname(m_fd, reinterpret_cast<sockaddr*>(&ss), &n);
+        if (r != 0) return last_error();
+        len = static_cast<int>(n);
         return {};
     }
     std::error_code listen(int backlog) noexcept {
         if (::listen(m_fd, backlog) != 0) return last_error();
         return {};
-    }
-    result<endpoint> local_endpoint() const noexcept {
-        sockaddr_storage ss{};
-        socklen_t n = sizeof ss;
-        if (::getsockname(m_fd, reinterpret_cast<sockaddr*>(&ss), &n) != 0) return unexpected(last_error());
-        return endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
-    }
-    result<endpoint> remote_endpoint() const noexcept {
-        sockaddr_storage ss{};
-        socklen_t n = sizeof ss;
-        if (::getpeername(m_fd, reinterpret_cast<sockaddr*>(&ss), &n) != 0) return unexpected(last_error());
-        return endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&ss));
     }
     /// 0: receive side, 1: send side, 2: both.
     std::error_code shutdown(int what) noexcept {
@@ -322,13 +329,68 @@ private:
     std::vector<iovec> m_heap;
 };
 
+/// sendmsg/recvmsg of one datagram with its address (send_to / recv_from).
+class datagram_op : public socket_op {
+public:
+    /// Receive: `to` is null. Send: the destination (null on a connected socket).
+    template <class B>
+    datagram_op(socket_impl* s, std::span<const B> bufs, const sockaddr_storage* to, int to_len, bool is_send,
+                std::stop_token st)
+        : socket_op(is_send ? &s_send_vtable : &s_recv_vtable, s, std::move(st)) {
+        if (bufs.size() > m_inline.size()) m_heap.resize(bufs.size());
+        iovec* iov = bufs.size() > m_inline.size() ? m_heap.data() : m_inline.data();
+        for (std::size_t i = 0; i < bufs.size(); ++i)
+            iov[i] = iovec{const_cast<void*>(static_cast<const void*>(bufs[i].data)), bufs[i].size};
+        m_msg.msg_iov = iov;
+        m_msg.msg_iovlen = bufs.size();
+        if (to) m_addr = *to;
+        if (to || !is_send) {
+            m_msg.msg_name = &m_addr;
+            m_msg.msg_namelen = static_cast<socklen_t>(to ? to_len : sizeof m_addr);
+        }
+    }
+    struct datagram {
+        std::size_t bytes;
+        bool truncated;
+        sockaddr_storage from;
+    };
+    result<datagram> finish_datagram() noexcept {
+        int r = finish();
+        if (r < 0) return unexpected(error_of(r));
+        return datagram{static_cast<std::size_t>(r), (m_msg.msg_flags & MSG_TRUNC) != 0, m_addr};
+    }
+
+private:
+    static void prep_send(operation* op, io_uring_sqe* sqe) noexcept {
+        auto* self = static_cast<datagram_op*>(op);
+        io_uring_prep_sendmsg(sqe, self->fd(), &self->m_msg, MSG_NOSIGNAL);
+    }
+    static void prep_recv(operation* op, io_uring_sqe* sqe) noexcept {
+        auto* self = static_cast<datagram_op*>(op);
+        io_uring_prep_recvmsg(sqe, self->fd(), &self->m_msg, 0);
+    }
+    static int perform_send(operation* op) noexcept {
+        auto* self = static_cast<datagram_op*>(op);
+        return sys(::sendmsg(self->fd(), &self->m_msg, MSG_NOSIGNAL | MSG_DONTWAIT));
+    }
+    static int perform_recv(operation* op) noexcept {
+        auto* self = static_cast<datagram_op*>(op);
+        self->m_msg.msg_namelen = sizeof self->m_addr;
+        return sys(::recvmsg(self->fd(), &self->m_msg, MSG_DONTWAIT));
+    }
+    static constexpr vtable s_send_vtable{&prep_send, &perform_send, &fd_of, EPOLLOUT, nullptr, nullptr};
+    static constexpr vtable s_recv_vtable{&prep_recv, &perform_recv, &fd_of, EPOLLIN, nullptr, nullptr};
+    msghdr m_msg{};
+    sockaddr_storage m_addr{};
+    std::array<iovec, 4> m_inline{};
+    std::vector<iovec> m_heap;
+};
+
 /// connect to one endpoint.
 class connect_op : public socket_op {
 public:
-    connect_op(socket_impl* s, const endpoint& ep, std::stop_token st) noexcept
-        : socket_op(&s_vtable, s, std::move(st)) {
-        m_len = static_cast<socklen_t>(ep.to_sockaddr(m_addr));
-    }
+    connect_op(socket_impl* s, const sockaddr_storage& addr, int len, std::stop_token st) noexcept
+        : socket_op(&s_vtable, s, std::move(st)), m_addr(addr), m_len(static_cast<socklen_t>(len)) {}
     /// For an operation that failed before it started (e.g. the socket could not be opened).
     void fail(std::error_code ec) noexcept { m_res = -(ec.value() ? ec.value() : EINVAL); }
     result<void> finish_void() noexcept {
@@ -357,8 +419,8 @@ private:
         return -err;
     }
     static constexpr vtable s_vtable{&prep, &perform, &fd_of, EPOLLOUT, nullptr, nullptr};
-    sockaddr_storage m_addr{};
-    socklen_t m_len = 0;
+    sockaddr_storage m_addr;
+    socklen_t m_len;
     bool m_in_progress = false;
 };
 
@@ -368,12 +430,12 @@ public:
     accept_op(socket_impl* listener, std::stop_token st) noexcept : socket_op(&s_vtable, listener, std::move(st)) {}
     struct accepted {
         socket_ptr socket;
-        endpoint peer;
+        sockaddr_storage peer;
     };
     result<accepted> finish_accept() {
         int r = finish();
         if (r < 0) return unexpected(error_of(r));
-        accepted a{socket_impl::adopt(m_sock->ctx(), r), endpoint::from_sockaddr(reinterpret_cast<sockaddr*>(&m_addr))};
+        accepted a{socket_impl::adopt(m_sock->ctx(), r, m_addr.ss_family), m_addr};
         return a;
     }
 
