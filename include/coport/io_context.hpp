@@ -191,7 +191,7 @@ private:
 
 namespace detail {
 struct detached_task {
-    struct promise_type {
+    struct promise_type : frame_allocation {
         resume_item m_start;
         detached_task get_return_object() noexcept {
             return detached_task{std::coroutine_handle<promise_type>::from_promise(*this)};

@@ -68,7 +68,7 @@ public:
 
 private:
     struct detached {
-        struct promise_type {
+        struct promise_type : detail::frame_allocation {
             promise_type(async_scope* s, task<void>&) noexcept : m_scope(s) {}
             async_scope* m_scope;
             detached get_return_object() noexcept {

@@ -28,6 +28,30 @@ class task;
 
 namespace detail {
 
+/// Where coroutine frames of coport's task and helper coroutines come from. Null: the global operator new.
+/// A test hook (a guard-page allocator that makes freed frames inaccessible, to catch code that touches a
+/// frame after handing it to another thread); swap it only while no such frame exists.
+struct frame_allocator {
+    void* (*allocate)(std::size_t);
+    void (*deallocate)(void*, std::size_t) noexcept;
+};
+inline std::atomic<const frame_allocator*>& frame_allocator_slot() noexcept {
+    static std::atomic<const frame_allocator*> slot{nullptr};
+    return slot;
+}
+/// Base of the promise types: frames through frame_allocator_slot().
+struct frame_allocation {
+    static void* operator new(std::size_t n) {
+        const frame_allocator* a = frame_allocator_slot().load(std::memory_order_relaxed);
+        return a ? a->allocate(n) : ::operator new(n);
+    }
+    static void operator delete(void* p, std::size_t n) noexcept {
+        const frame_allocator* a = frame_allocator_slot().load(std::memory_order_relaxed);
+        if (a) a->deallocate(p, n);
+        else ::operator delete(p); // unsized: clang without -fsized-deallocation has no sized form
+    }
+};
+
 /// The continuation handshake shared by task and the composition helpers.
 /// The awaiter resumes the child inline; whichever of {awaiter after resume(), child at final_suspend}
 /// arrives second at `m_ready` resumes the parent. If the child finished synchronously the awaiter
@@ -59,7 +83,7 @@ struct task_final_awaiter {
     void await_resume() const noexcept {}
 };
 
-class task_promise_base {
+class task_promise_base : public frame_allocation {
 public:
     std::suspend_always initial_suspend() const noexcept { return {}; }
     task_final_awaiter final_suspend() const noexcept { return {}; }

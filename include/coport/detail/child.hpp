@@ -5,6 +5,7 @@
 // children started by .resume(), the last arrival notifies).
 
 #include <coport/detail/awaitable.hpp>
+#include <coport/task.hpp>
 
 #include <atomic>
 #include <cstddef>
@@ -31,7 +32,7 @@ template <class T>
 class child;
 
 template <class T>
-class child_promise_base {
+class child_promise_base : public frame_allocation {
 public:
     std::suspend_always initial_suspend() const noexcept { return {}; }
     struct final_awaiter {

@@ -37,7 +37,10 @@ public:
         if (n && buf) s.assign(buf, n);
         if (buf) ::LocalFree(buf);
         while (!s.empty() && (s.back() == '\r' || s.back() == '\n' || s.back() == ' ')) s.pop_back();
-        if (s.empty()) s = "win32 error " + std::to_string(code);
+        if (s.empty()) { // no message table entry (Wine has none for the WSA codes)
+            s = "win32 error " + std::to_string(code);
+            if (int cond = native_condition(code)) s = condition_category().message(cond) + " (" + s + ")";
+        }
         return s;
     }
     std::error_condition default_error_condition(int code) const noexcept override {
