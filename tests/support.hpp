@@ -8,13 +8,14 @@
 #include <cstdlib>
 #include <sstream>
 
-/// Ends this test process with exit code 77, which CTest reports as "Skipped" (SKIP_RETURN_CODE): every
-/// CTest test runs one test case, so a skip is never counted as a pass. The reason is printed.
+/// Ends this test process, printing "COPORT_SKIP: <reason>", which CTest reports as "Skipped" (the tests'
+/// SKIP_REGULAR_EXPRESSION; exit code 77 for SKIP_RETURN_CODE too): every CTest test runs one test case,
+/// so a skip is never counted as a pass.
 #define COPORT_SKIP(reason)                                                                            \
     do {                                                                                               \
         std::ostringstream coport_skip_os;                                                             \
         coport_skip_os << reason;                                                                      \
-        std::fprintf(stderr, "SKIPPED: %s\n", coport_skip_os.str().c_str());                           \
-        std::fflush(stderr);                                                                           \
+        std::fprintf(stdout, "COPORT_SKIP: %s\n", coport_skip_os.str().c_str());                           \
+        std::fflush(stdout);                                                                           \
         std::exit(77);                                                                                 \
     } while (0)
