@@ -88,7 +88,7 @@ def test():
         s.close()
 
         if not curl:
-            print("SKIP: curl not found; the raw-socket checks passed")
+            print("COPORT_SKIP: curl not found; the raw-socket checks passed", flush=True)
             return SKIP
         url = f"http://127.0.0.1:{port}/"
         r = subprocess.run([curl, "-sS", "-v", "--max-time", "10", url, url + "second"],
