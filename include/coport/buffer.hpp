@@ -5,6 +5,7 @@
 /// until the operation that uses it has resumed its coroutine (also when it was cancelled: the kernel
 /// may write to a receive buffer until the cancellation is confirmed).
 
+#include <array>
 #include <cstddef>
 #include <span>
 #include <string>
@@ -57,6 +58,17 @@ template <class T, std::size_t N>
     requires std::is_trivially_copyable_v<T>
 mutable_buffer buffer(T (&a)[N]) noexcept {
     return {a, sizeof a};
+}
+
+template <class T, std::size_t N>
+    requires std::is_trivially_copyable_v<T>
+mutable_buffer buffer(std::array<T, N>& a) noexcept {
+    return {a.data(), sizeof(T) * N};
+}
+template <class T, std::size_t N>
+    requires std::is_trivially_copyable_v<T>
+const_buffer buffer(const std::array<T, N>& a) noexcept {
+    return {a.data(), sizeof(T) * N};
 }
 
 /// Total bytes of a buffer sequence.

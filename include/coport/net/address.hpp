@@ -155,8 +155,15 @@ inline result<endpoint> endpoint::parse(std::string_view text) {
 }
 
 inline std::string endpoint::to_string() const {
-    if (m_addr.is_v6()) return "[" + m_addr.to_string() + "]:" + std::to_string(m_port);
-    return m_addr.to_string() + ":" + std::to_string(m_port);
+    // Appends, not operator+ chains: GCC 12 -O3 warns -Wrestrict (a false positive) on those.
+    std::string s;
+    s.reserve(64);
+    if (m_addr.is_v6()) s += '[';
+    s += m_addr.to_string();
+    if (m_addr.is_v6()) s += ']';
+    s += ':';
+    s += std::to_string(m_port);
+    return s;
 }
 
 inline int endpoint::to_sockaddr(sockaddr_storage& ss) const noexcept {
