@@ -123,7 +123,10 @@ inline std::string ip_address::to_string() const {
     char buf[64] = {};
     ::inet_ntop(m_v6 ? AF_INET6 : AF_INET, const_cast<std::uint8_t*>(m_bytes.data()), buf, sizeof buf);
     std::string s(buf);
-    if (m_v6 && m_scope) s += "%" + std::to_string(m_scope);
+    if (m_v6 && m_scope) {
+        s += '%';
+        s += std::to_string(m_scope);
+    }
     return s;
 }
 
