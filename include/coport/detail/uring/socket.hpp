@@ -286,52 +286,14 @@ private:
     const_buffer m_buf;
 };
 
-/// sendmsg/recvmsg over a buffer sequence (scatter/gather).
-class msg_op : public socket_op {
-public:
-    template <class B>
-    msg_op(socket_impl* s, std::span<const B> bufs, bool is_send, std::stop_token st)
-        : socket_op(is_send ? &s_send_vtable : &s_recv_vtable, s, std::move(st)) {
-        if (bufs.size() > m_inline.size()) m_heap.resize(bufs.size());
-        iovec* iov = bufs.size() > m_inline.size() ? m_heap.data() : m_inline.data();
-        for (std::size_t i = 0; i < bufs.size(); ++i)
-            iov[i] = iovec{const_cast<void*>(static_cast<const void*>(bufs[i].data)), bufs[i].size};
-        m_msg.msg_iov = iov;
-        m_msg.msg_iovlen = bufs.size();
-    }
-    result<std::size_t> finish_bytes() noexcept {
-        int r = finish();
-        if (r < 0) return unexpected(error_of(r));
-        return static_cast<std::size_t>(r);
-    }
-
-private:
-    static void prep_send(operation* op, io_uring_sqe* sqe) noexcept {
-        auto* self = static_cast<msg_op*>(op);
-        io_uring_prep_sendmsg(sqe, self->fd(), &self->m_msg, MSG_NOSIGNAL);
-    }
-    static void prep_recv(operation* op, io_uring_sqe* sqe) noexcept {
-        auto* self = static_cast<msg_op*>(op);
-        io_uring_prep_recvmsg(sqe, self->fd(), &self->m_msg, 0);
-    }
-    static int perform_send(operation* op) noexcept {
-        auto* self = static_cast<msg_op*>(op);
-        return sys(::sendmsg(self->fd(), &self->m_msg, MSG_NOSIGNAL | MSG_DONTWAIT));
-    }
-    static int perform_recv(operation* op) noexcept {
-        auto* self = static_cast<msg_op*>(op);
-        return sys(::recvmsg(self->fd(), &self->m_msg, MSG_DONTWAIT));
-    }
-    static constexpr vtable s_send_vtable{&prep_send, &perform_send, &fd_of, EPOLLOUT, nullptr, nullptr};
-    static constexpr vtable s_recv_vtable{&prep_recv, &perform_recv, &fd_of, EPOLLIN, nullptr, nullptr};
-    msghdr m_msg{};
-    std::array<iovec, 8> m_inline{};
-    std::vector<iovec> m_heap;
-};
-
-/// sendmsg/recvmsg of one datagram with its address (send_to / recv_from).
+/// sendmsg/recvmsg over a buffer sequence: scatter/gather on streams, and one datagram with its address
+/// (send_to / recv_from).
 class datagram_op : public socket_op {
 public:
+    /// Streams: no address.
+    template <class B>
+    datagram_op(socket_impl* s, std::span<const B> bufs, bool is_send, std::stop_token st)
+        : datagram_op(s, bufs, nullptr, 0, is_send, std::move(st)) {}
     /// Receive: `to` is null. Send: the destination (null on a connected socket).
     template <class B>
     datagram_op(socket_impl* s, std::span<const B> bufs, const sockaddr_storage* to, int to_len, bool is_send,
@@ -348,6 +310,11 @@ public:
             m_msg.msg_name = &m_addr;
             m_msg.msg_namelen = static_cast<socklen_t>(to ? to_len : sizeof m_addr);
         }
+    }
+    result<std::size_t> finish_bytes() noexcept {
+        int r = finish();
+        if (r < 0) return unexpected(error_of(r));
+        return static_cast<std::size_t>(r);
     }
     struct datagram {
         std::size_t bytes;
@@ -385,6 +352,8 @@ private:
     std::array<iovec, 4> m_inline{};
     std::vector<iovec> m_heap;
 };
+
+using msg_op = datagram_op;
 
 /// connect to one endpoint.
 class connect_op : public socket_op {
