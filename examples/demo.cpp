@@ -1,6 +1,7 @@
 // demo: a coroutine echo server and N coroutine clients in one process, over loopback; every echoed byte
 // is checked, then a summary is printed (connections, bytes, round trips per second, backend).
 // Run: demo [-c connections=64] [-s message_bytes=1024] [-d seconds=2] [-t threads=2]
+// CTest: -d 1
 #include <coport/coport.hpp>
 
 #include <atomic>
