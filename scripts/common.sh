@@ -11,6 +11,9 @@ coport_flavour_packages() {
         clang-*) pkgs+=(clang libclang-rt-14-dev) ;;
         mingw-*) pkgs+=(g++-mingw-w64-x86-64-posix wine wine64) ;;
     esac
+    case $1 in # the examples' end-to-end tests talk to curl and Python peers (native flavours only)
+        gcc-* | clang-*) pkgs+=(curl python3) ;;
+    esac
     printf '%s\n' "${pkgs[@]}"
 }
 
