@@ -13,11 +13,13 @@
 #define NOMINMAX
 #endif
 
-// winsock2.h before windows.h: otherwise windows.h pulls in the old winsock.h and the two clash.
+// winsock2.h first, in a block of its own (include sorting must not move it): windows.h would otherwise
+// pull in the old winsock.h, which clashes with it.
 #include <winsock2.h>
-#include <ws2tcpip.h>
+
 #include <mswsock.h>
 #include <windows.h>
+#include <ws2tcpip.h>
 
 #if defined(_WIN32_WINNT) && _WIN32_WINNT < 0x0600
 #error "coport needs Windows Vista APIs (GetQueuedCompletionStatusEx, CancelIoEx): define _WIN32_WINNT >= 0x0600"
