@@ -91,25 +91,35 @@ struct posted_callable final : work_item {
 /// Exceptions that must leave run() on this thread (from a detached coroutine or a posted callable),
 /// oldest first. noinline + asm barrier: clang 14 may cache thread-local addresses across a coroutine's
 /// suspension (LLVM #47177); the queue is only ever reached through this function.
-[[gnu::noinline]] inline std::deque<std::exception_ptr>& pending_exceptions() noexcept {
-    static thread_local std::deque<std::exception_ptr> q;
+/// The thread_local itself is a plain pointer (trivially destructible), the queue exists only while an
+/// exception is pending: mingw-w64 frees a thread_local's emutls storage before running its destructor
+/// at thread exit (mingw-w64 bug 527, GCC PR 80816), so a thread_local std::deque corrupts the heap
+/// whenever a thread that ran a loop exits.
+[[gnu::noinline]] inline std::deque<std::exception_ptr>*& pending_exceptions_slot() noexcept {
+    static thread_local std::deque<std::exception_ptr>* q = nullptr;
     asm volatile("" ::: "memory");
     return q;
 }
 template <class F>
 void posted_callable<F>::report_exception(std::exception_ptr e) noexcept {
     try {
-        pending_exceptions().push_back(std::move(e));
+        auto*& q = pending_exceptions_slot();
+        if (!q) q = new std::deque<std::exception_ptr>;
+        q->push_back(std::move(e));
     } catch (...) {
         std::terminate(); // out of memory while reporting an exception
     }
 }
 /// Called by run loops between turns: rethrows the oldest pending exception out of run().
 inline void rethrow_pending_exception() {
-    auto& q = pending_exceptions();
-    if (!q.empty()) [[unlikely]] {
-        std::exception_ptr e = std::move(q.front());
-        q.pop_front();
+    auto*& q = pending_exceptions_slot();
+    if (q) [[unlikely]] {
+        std::exception_ptr e = std::move(q->front());
+        q->pop_front();
+        if (q->empty()) {
+            delete q;
+            q = nullptr;
+        }
         std::rethrow_exception(e);
     }
 }
