@@ -180,6 +180,12 @@ protected:
         if (closed && m_res < 0) return -ECANCELED;
         return m_res;
     }
+    /// For byte-count operations: the bytes transferred, or the error.
+    result<std::size_t> finish_bytes() noexcept {
+        int r = finish();
+        if (r < 0) return unexpected(error_of(r));
+        return static_cast<std::size_t>(r);
+    }
     int fd() const noexcept { return m_sock->handle(); }
     static int fd_of(const operation* op) noexcept { return static_cast<const socket_op*>(op)->fd(); }
     static std::error_code error_of(int res) noexcept { return native_error(-res); }
@@ -243,11 +249,6 @@ class recv_op : public socket_op {
 public:
     recv_op(socket_impl* s, mutable_buffer b, std::stop_token st) noexcept
         : socket_op(&s_vtable, s, std::move(st)), m_buf(b) {}
-    result<std::size_t> finish_bytes() noexcept {
-        int r = finish();
-        if (r < 0) return unexpected(error_of(r));
-        return static_cast<std::size_t>(r);
-    }
 
 private:
     static void prep(operation* op, io_uring_sqe* sqe) noexcept {
@@ -267,11 +268,6 @@ class send_op : public socket_op {
 public:
     send_op(socket_impl* s, const_buffer b, std::stop_token st) noexcept
         : socket_op(&s_vtable, s, std::move(st)), m_buf(b) {}
-    result<std::size_t> finish_bytes() noexcept {
-        int r = finish();
-        if (r < 0) return unexpected(error_of(r));
-        return static_cast<std::size_t>(r);
-    }
 
 private:
     static void prep(operation* op, io_uring_sqe* sqe) noexcept {
@@ -310,11 +306,6 @@ public:
             m_msg.msg_name = &m_addr;
             m_msg.msg_namelen = static_cast<socklen_t>(to ? to_len : sizeof m_addr);
         }
-    }
-    result<std::size_t> finish_bytes() noexcept {
-        int r = finish();
-        if (r < 0) return unexpected(error_of(r));
-        return static_cast<std::size_t>(r);
     }
     struct datagram {
         std::size_t bytes;
