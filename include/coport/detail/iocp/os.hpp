@@ -17,6 +17,7 @@
 // pull in the old winsock.h, which clashes with it.
 #include <winsock2.h>
 
+#include <afunix.h> // sockaddr_un (AF_UNIX: Windows 10 1803+)
 #include <mswsock.h>
 #include <windows.h>
 #include <ws2tcpip.h>
