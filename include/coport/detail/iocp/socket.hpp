@@ -87,7 +87,8 @@ inline SOCKET new_overlapped_socket(int family, int type) noexcept {
 /// What issuing an overlapped call returned: 0 (finished at once), WSA_IO_PENDING, or an error.
 struct issue_result {
     DWORD error = 0;
-    DWORD bytes = 0; // when finished at once
+    DWORD bytes = 0;           // when finished at once
+    bool synchronous = false; // no overlapped I/O was issued: never a packet, whatever the error
 };
 
 inline bool is_truncation(DWORD e) noexcept { return e == WSAEMSGSIZE || e == ERROR_MORE_DATA; }
@@ -408,8 +409,7 @@ inline bool socket_impl::start(socket_op* op) noexcept {
     const issue_result r = op->m_issue(op, m_sock);
     // A packet comes for what is pending, for what succeeded at once unless skip-on-success is in force,
     // and for a truncated datagram (STATUS_BUFFER_OVERFLOW is a warning; datagram sockets never skip).
-    if (r.error == WSA_IO_PENDING || (r.error == 0 && !m_skip_on_success) ||
-        (is_truncation(r.error) && !m_skip_on_success))
+    if (!r.synchronous && (r.error == WSA_IO_PENDING || ((r.error == 0 || is_truncation(r.error)) && !m_skip_on_success)))
         return op->publish();
     op->m_bytes = r.bytes;
     op->m_error = r.error;
@@ -466,7 +466,7 @@ public:
     template <class B>
     datagram_op(socket_impl* s, std::span<const B> bufs, const sockaddr_storage* to, int to_len, bool is_send,
                 std::stop_token st)
-        : socket_op(s, std::move(st), is_send ? &issue_send : &issue_recv) {
+        : socket_op(s, std::move(st), is_send ? &issue_send : &issue_recv), m_dgram(s->type() == SOCK_DGRAM) {
         if (bufs.size() > m_inline.size()) m_heap.resize(bufs.size());
         WSABUF* w = bufs.size() > m_inline.size() ? m_heap.data() : m_inline.data();
         for (std::size_t i = 0; i < bufs.size(); ++i) {
@@ -489,7 +489,9 @@ public:
     using socket_op::finish_bytes;
     /// A datagram larger than the buffers is truncated: the bytes stored and `truncated`, not an error.
     result<datagram> finish_datagram() noexcept {
-        const DWORD e = finish();
+        DWORD e = finish();
+        // On a datagram socket a "reset" is an ICMP port unreachable (connected mode): connection_refused.
+        if (e == WSAECONNRESET && m_dgram) e = WSAECONNREFUSED;
         if (e && !is_truncation(e)) return unexpected(error_of(e));
         return datagram{static_cast<std::size_t>(m_bytes), e != 0, m_addr};
     }
@@ -499,7 +501,7 @@ private:
         auto* self = static_cast<datagram_op*>(op);
         DWORD n = 0;
         int rc;
-        if (self->m_has_to && self->m_sock->type() == SOCK_DGRAM)
+        if (self->m_has_to && self->m_dgram)
             rc = ::WSASendTo(s, self->m_bufs, self->m_count, &n, 0, reinterpret_cast<const sockaddr*>(&self->m_addr),
                              self->m_addr_len, &op->m_ov, nullptr);
         else
@@ -511,7 +513,7 @@ private:
         DWORD n = 0;
         self->m_flags = 0;
         int rc;
-        if (self->m_sock->type() == SOCK_DGRAM) {
+        if (self->m_dgram) {
             self->m_addr_len = sizeof self->m_addr;
             rc = ::WSARecvFrom(s, self->m_bufs, self->m_count, &n, &self->m_flags,
                                reinterpret_cast<sockaddr*>(&self->m_addr), &self->m_addr_len, &op->m_ov, nullptr);
@@ -527,6 +529,7 @@ private:
     sockaddr_storage m_addr{};
     INT m_addr_len = 0; // written by the completion of WSARecvFrom
     bool m_has_to = false;
+    bool m_dgram;
     std::array<WSABUF, 4> m_inline{};
     std::vector<WSABUF> m_heap;
 };
@@ -541,7 +544,7 @@ public:
         : socket_op(s, std::move(st), &issue), m_addr(addr), m_len(len) {}
     result<void> finish_void() noexcept {
         DWORD e = settle();
-        if (e == 0 && attached()) e = m_sock->update_connect_context(); // before detaching: it may go then
+        if (e == 0 && attached() && m_connect_ex) e = m_sock->update_connect_context(); // before detaching
         e = detach_result(e);
         if (e) return unexpected(error_of(e));
         return {};
@@ -551,13 +554,19 @@ private:
     static issue_result issue(socket_op* op, SOCKET s) noexcept {
         auto* self = static_cast<connect_op*>(op);
         socket_impl& sock = *self->m_sock;
+        if (sock.family() != AF_INET && sock.family() != AF_INET6) {
+            // AF_UNIX: a plain connect, which a local socket completes at once (Go and Asio do the same;
+            // ConnectEx is documented for connection-oriented IP sockets). The socket is in blocking mode.
+            self->m_connect_ex = false;
+            if (::connect(s, reinterpret_cast<const sockaddr*>(&self->m_addr), self->m_len) == 0) return {0, 0, true};
+            return {static_cast<DWORD>(::WSAGetLastError()), 0, true};
+        }
+        self->m_connect_ex = true;
         if (!sock.m_bound) {
             sockaddr_storage any{};
-            int any_len;
+            int any_len = sizeof(sockaddr_in);
             any.ss_family = static_cast<ADDRESS_FAMILY>(sock.family());
-            if (sock.family() == AF_INET) any_len = sizeof(sockaddr_in); // INADDR_ANY, port 0 (zeroed)
-            else if (sock.family() == AF_INET6) any_len = sizeof(sockaddr_in6);
-            else any_len = static_cast<int>(offsetof(sockaddr_un, sun_path)); // AF_UNIX: unnamed (autobind)
+            if (sock.family() == AF_INET6) any_len = sizeof(sockaddr_in6); // in6addr_any / INADDR_ANY, port 0
             if (::bind(s, reinterpret_cast<const sockaddr*>(&any), any_len) != 0)
                 return {static_cast<DWORD>(::WSAGetLastError()), 0};
             sock.m_bound = true;
@@ -571,6 +580,7 @@ private:
     }
     sockaddr_storage m_addr;
     int m_len;
+    bool m_connect_ex = false; // connected by ConnectEx: needs SO_UPDATE_CONNECT_CONTEXT
 };
 
 /// accept one connection with AcceptEx into a socket created for it. A client that reset before the
