@@ -1,5 +1,6 @@
 // echo_server_per_core: the high-throughput server shape: one io_context per core, each on its own thread
-// with its own SO_REUSEPORT listener on the same port; the kernel spreads connections over them (Linux).
+// with its own SO_REUSEPORT listener on the same port; the kernel spreads connections over them (Linux;
+// where the OS has no SO_REUSEPORT, e.g. Windows, it says so and serves with one context).
 // Run: echo_server_per_core [port=7777] [contexts=cores] [seconds=0 (forever)]
 // CTest: 0 2 1
 #include <coport/coport.hpp>
@@ -34,11 +35,20 @@ coport::task<void> serve(coport::tcp_listener& listener, std::stop_token stop) {
 int main(int argc, char** argv) {
     const int port = argc > 1 ? std::atoi(argv[1]) : 7777;
     const unsigned cores = std::thread::hardware_concurrency() ? std::thread::hardware_concurrency() : 1;
-    const unsigned n = argc > 2 ? static_cast<unsigned>(std::atoi(argv[2])) : cores;
+    unsigned n = argc > 2 ? static_cast<unsigned>(std::atoi(argv[2])) : cores;
     const int seconds = argc > 3 ? std::atoi(argv[3]) : 0;
 
     coport::listen_options opts;
     opts.reuse_port = true;
+    {
+        coport::io_context ctx;
+        auto l = coport::tcp_listener::bind(ctx, coport::endpoint(coport::ip_address::loopback_v4(), 0), opts);
+        if (!l && l.error() == coport::errc::not_supported) {
+            std::printf("no SO_REUSEPORT here: one context\n");
+            opts.reuse_port = false;
+            n = 1;
+        }
+    }
     std::vector<std::unique_ptr<coport::io_context>> contexts;
     std::vector<coport::tcp_listener> listeners;
     coport::endpoint ep(coport::ip_address::loopback_v4(), static_cast<std::uint16_t>(port));

@@ -202,7 +202,9 @@ TEST_CASE("100,000 random-moment cancellations of recv/send/accept/connect/timer
         pool.join();
     }
     INFO("started " << c.started << ", aborted " << c.aborted << ", succeeded " << c.succeeded);
-    CHECK(c.started.load() >= 100000 - 1);
+    // 100,000 natively; under Wine fewer accept/connect rounds (each costs several wineserver calls).
+    const long expected = 2L * pairs * stream_rounds_each + timer_rounds_total + 2L * accept_rounds;
+    CHECK(c.started.load() == expected);
     CHECK(c.resumed.load() == c.started.load());
     CHECK(c.failed_other.load() == 0);
     CHECK(c.aborted.load() > 0);

@@ -183,7 +183,7 @@ private:
     result<void> membership(const ip_address& group, unsigned interface_index, bool join) {
         if (!m_impl) return unexpected(detail::not_open());
         if (group.is_v4()) {
-            if ((group.bytes()[0] & 0xf0) != 0xe0) return unexpected(detail::native_error(EINVAL));
+            if ((group.bytes()[0] & 0xf0) != 0xe0) return unexpected(std::make_error_code(std::errc::invalid_argument));
             ip_mreq m{};
             std::memcpy(&m.imr_multiaddr, group.bytes(), 4);
             m.imr_interface.s_addr = htonl(INADDR_ANY);
@@ -191,7 +191,7 @@ private:
             return detail::make_result(
                 m_impl->set_option_raw(IPPROTO_IP, join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP, &m, sizeof m));
         }
-        if (group.bytes()[0] != 0xff) return unexpected(detail::native_error(EINVAL));
+        if (group.bytes()[0] != 0xff) return unexpected(std::make_error_code(std::errc::invalid_argument));
         ipv6_mreq m{};
         std::memcpy(&m.ipv6mr_multiaddr, group.bytes(), 16);
         m.ipv6mr_interface = interface_index;
