@@ -3,7 +3,8 @@
 // 16 KiB buffer, send_all, repeat), for the benchmarks: loopback, TCP_NODELAY, runs until killed.
 // Run: coport_echo PORT [-t THREADS] [--reuseport]   (PORT 0 picks a free port; prints "listening on PORT")
 //      -t N: one io_context run by N threads; with --reuseport: N io_contexts, one thread and one
-//      SO_REUSEPORT listener each.
+//      SO_REUSEPORT listener each. One thread (the default): the context is single_thread (io_uring:
+//      a SINGLE_ISSUER|DEFER_TASKRUN ring where the kernel takes it) unless --shared is given.
 #include <coport/coport.hpp>
 
 #include <cstdio>
@@ -48,15 +49,16 @@ coport::task<void> serve(coport::tcp_listener& listener) {
 
 int main(int argc, char** argv) {
     int port = -1, threads = 1;
-    bool reuseport = false;
+    bool reuseport = false, shared = false;
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "-t") == 0 && i + 1 < argc) threads = std::atoi(argv[++i]);
         else if (std::strcmp(argv[i], "--reuseport") == 0) reuseport = true;
+        else if (std::strcmp(argv[i], "--shared") == 0) shared = true;
         else if (port < 0) port = std::atoi(argv[i]);
         else port = -2;
     }
     if (port < 0 || port > 65535 || threads < 1) {
-        std::fprintf(stderr, "usage: coport_echo PORT [-t THREADS] [--reuseport]\n");
+        std::fprintf(stderr, "usage: coport_echo PORT [-t THREADS] [--reuseport] [--shared]\n");
         return 2;
     }
 
@@ -67,8 +69,10 @@ int main(int argc, char** argv) {
     std::vector<coport::tcp_listener> listeners;
     coport::listen_options opts;
     opts.reuse_port = reuseport;
+    coport::io_context_options ctx_opts;
+    ctx_opts.single_thread = threads == 1 && !shared; // run and destroyed on this thread
     for (int i = 0; i < contexts; ++i) {
-        ctxs.push_back(std::make_unique<coport::io_context>());
+        ctxs.push_back(std::make_unique<coport::io_context>(ctx_opts));
         auto l = coport::tcp_listener::bind(
             *ctxs.back(), coport::endpoint(coport::ip_address::loopback_v4(), static_cast<std::uint16_t>(port)), opts);
         if (!l) {
@@ -78,7 +82,7 @@ int main(int argc, char** argv) {
         port = l->local_endpoint().value().port(); // port 0: the other listeners join the first one's port
         listeners.push_back(std::move(*l));
     }
-    std::printf("listening on %d\n", port);
+    std::printf("listening on %d (%s: %s)\n", port, ctxs[0]->backend_name(), ctxs[0]->backend_features().c_str());
     std::fflush(stdout);
     if (!reuseport) {
         coport::io_context& ctx = *ctxs[0];

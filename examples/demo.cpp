@@ -116,7 +116,8 @@ int main(int argc, char** argv) {
     }
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-    std::printf("coport demo: backend %s, %d threads, server on 127.0.0.1:%u\n", ctx.backend_name(), threads, port);
+    std::printf("coport demo: backend %s (%s), %d threads, server on 127.0.0.1:%u\n", ctx.backend_name(),
+                ctx.backend_features().c_str(), threads, port);
     std::printf("  connections   %d\n", connections);
     std::printf("  message size  %zu bytes\n", size);
     std::printf("  round trips   %llu (%.0f per second)\n", static_cast<unsigned long long>(st.round_trips.load()),

@@ -32,7 +32,9 @@
 #include <concepts>
 #include <coroutine>
 #include <cstddef>
+#include <stdexcept>
 #include <stop_token>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -57,6 +59,7 @@ concept backend_context = requires(C& c, const C& cc, work_item* w, const std::a
     c.work_finished();
     { c.running_in_this_thread() } -> std::same_as<bool>;
     { cc.name() } -> std::convertible_to<const char*>;
+    { cc.features() } -> std::convertible_to<std::string>;
 };
 static_assert(backend_context<backend::context>);
 } // namespace detail
@@ -69,16 +72,17 @@ public:
     /// the message names the reason; the code compares equal to `errc::not_supported` or
     /// `errc::permission_denied`).
     io_context() : io_context(io_context_options{}) {}
-    explicit io_context(const io_context_options& opts) : m_impl(opts) {}
+    explicit io_context(const io_context_options& opts)
+        : m_impl(opts), m_owner(opts.single_thread ? std::this_thread::get_id() : std::thread::id{}) {}
     io_context(const io_context&) = delete;
     io_context& operator=(const io_context&) = delete;
 
     /// Runs handlers until out of work or stopped; returns how many ran.
-    std::size_t run() { return m_impl.run(); }
+    std::size_t run() { return check_thread(), m_impl.run(); }
     /// Blocks until at least one handler ran (runs at most one); 0 if out of work or stopped.
-    std::size_t run_one() { return m_impl.run_one(); }
+    std::size_t run_one() { return check_thread(), m_impl.run_one(); }
     /// Runs the handlers that are ready, without blocking.
-    std::size_t poll() { return m_impl.poll(); }
+    std::size_t poll() { return check_thread(), m_impl.poll(); }
     /// Makes every run() return as soon as possible. Operations stay pending (see the file comment).
     void stop() noexcept { m_impl.stop(); }
     [[nodiscard]] bool stopped() const noexcept { return m_impl.stopped(); }
@@ -88,6 +92,9 @@ public:
     [[nodiscard]] bool running_in_this_thread() noexcept { return m_impl.running_in_this_thread(); }
     /// "io_uring", "epoll" or "iocp".
     [[nodiscard]] const char* backend_name() const noexcept { return m_impl.name(); }
+    /// What the backend runs with, for logs: io_uring's setup flags that the kernel took (e.g.
+    /// "SUBMIT_ALL COOP_TASKRUN TASKRUN_FLAG"), or how epoll/IOCP wait.
+    [[nodiscard]] std::string backend_features() const { return m_impl.features(); }
 
     /// Awaiter of schedule(): resumes the coroutine on a thread running this context.
     class schedule_awaiter {
@@ -133,6 +140,7 @@ public:
     template <awaitable A>
     await_result_t<A> block_on(A&& a) {
         using R = await_result_t<A>;
+        check_thread();
         struct done_latch final : detail::latch {
             explicit done_latch(io_context& c) noexcept : detail::latch(1, &on_done), ctx(c) {}
             io_context& ctx;
@@ -185,7 +193,14 @@ public:
     [[nodiscard]] work_guard make_work_guard() noexcept { return work_guard{*this}; }
 
 private:
+    /// io_context_options::single_thread: only the constructing thread may run the context.
+    void check_thread() const {
+        if (m_owner != std::thread::id{} && m_owner != std::this_thread::get_id())
+            throw std::logic_error("coport: a single_thread io_context runs only on the thread that constructed it");
+    }
+
     detail::backend::context m_impl;
+    std::thread::id m_owner; // single_thread: the constructing thread; otherwise none
     detail::blocking_pool m_blocking; // destroyed first: its unfinished jobs still post into m_impl
 };
 

@@ -237,6 +237,14 @@ struct io_context_options {
     /// io_uring: completion queue entries per ring; also the most operations one worker keeps in flight
     /// (more wait in a backlog until completions make room).
     unsigned completion_entries = 32768;
+    /// The context runs on one thread only: the one that constructs it (Asio's concurrency hint 1).
+    /// run(), run_one(), poll() and block_on() from any other thread throw std::logic_error; destroy the
+    /// context on that thread too. Every other call (post, schedule, spawn, starting operations from a
+    /// coroutine running elsewhere, stop) stays callable from any thread.
+    /// io_uring uses it to make the ring single-issuer (IORING_SETUP_SINGLE_ISSUER | DEFER_TASKRUN where the
+    /// kernel takes them): completions are then processed only when the loop asks for them, without
+    /// inter-processor interrupts. epoll and IOCP only enforce the rule.
+    bool single_thread = false;
 };
 namespace detail {
 inline void report_fallback(const std::string& message) {

@@ -30,6 +30,7 @@
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
+#include <string>
 #include <system_error>
 #include <type_traits>
 
@@ -312,6 +313,9 @@ public:
     [[nodiscard]] bool stopped() const noexcept { return m_stopped.load(std::memory_order_acquire); }
     void restart() noexcept { m_stopped.store(false, std::memory_order_release); }
     [[nodiscard]] static const char* name() noexcept { return "iocp"; }
+    [[nodiscard]] static std::string features() {
+        return "GetQueuedCompletionStatusEx FILE_SKIP_COMPLETION_PORT_ON_SUCCESS";
+    }
     [[nodiscard]] bool running_in_this_thread() noexcept { return current_context_slot() == this; }
 
     /// Queue a work item (any thread). Counts as outstanding work until it has run.

@@ -9,6 +9,15 @@
 // An operation is started on the slot of the thread that starts it; a thread that does not run the
 // context hands the operation to a running slot through that slot's locked queue and wakes it with an
 // eventfd whose read is kept in flight in the ring. The operation's address is the SQE's user_data.
+//
+// Setup flags, probed at construction (a kernel that refuses one gets the next set, quietly):
+// COOP_TASKRUN | TASKRUN_FLAG always: a completion does not interrupt a thread running user code; its
+// task work runs at that thread's next system call (a sleeping thread is still woken), and the loop
+// enters the kernel when IORING_SQ_TASKRUN says work waits. SINGLE_ISSUER | DEFER_TASKRUN only with
+// io_context_options::single_thread: a slot's ring may be claimed by another thread on its next run() and
+// orphaned rings are serviced by other workers, and a deferred-task-run ring completes nothing unless
+// its creator enters it, so with several threads it would stall; one thread, the constructing one,
+// is exactly what those flags require.
 #if !defined(__linux__)
 #error "coport/detail/uring is the Linux backend"
 #endif
@@ -36,6 +45,8 @@
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace coport::detail::uring {
@@ -247,6 +258,7 @@ public:
     [[nodiscard]] bool stopped() const noexcept { return m_stopped.load(std::memory_order_acquire); }
     void restart() noexcept { m_stopped.store(false, std::memory_order_release); }
     [[nodiscard]] const char* name() const noexcept { return m_use_epoll ? "epoll" : "io_uring"; }
+    [[nodiscard]] std::string features() const;
     [[nodiscard]] bool uses_epoll() const noexcept { return m_use_epoll; }
 
     /// The worker the calling thread runs for this context, or null.
@@ -314,6 +326,8 @@ private:
     std::atomic<bool> m_shutdown{false};
     unsigned m_setup_flags = 0;
     bool m_use_epoll = false;
+    std::thread::id m_creator = std::this_thread::get_id(); // the single issuer of SINGLE_ISSUER rings
+    bool m_foreign_shutdown = false; // single-issuer ring destroyed on another thread: do not enter it
     std::error_code m_uring_error;
     std::string try_io_uring();
 };
@@ -567,7 +581,9 @@ inline void worker::wake() noexcept {
 }
 
 inline void worker::flush() {
-    if (!uses_epoll() && io_uring_sq_ready(&m_ring)) submit_pending();
+    if (uses_epoll()) return;
+    if (io_uring_sq_ready(&m_ring)) submit_pending(); // liburing adds GETEVENTS when task work waits
+    else if (IO_URING_READ_ONCE(*m_ring.sq.kflags) & IORING_SQ_TASKRUN) io_uring_get_events(&m_ring);
 }
 
 inline void worker::wait(bool block, bool orphans) {
@@ -658,6 +674,23 @@ inline bool worker::drain_turn() {
         turn();
         return has_work();
     }
+    if (m_ctx.m_foreign_shutdown) {
+        // Only the ring's creator may enter a SINGLE_ISSUER ring. Nothing of ours may be left in flight;
+        // the wake read is cancelled by the kernel when the ring is closed (it copies nothing then).
+        if (m_inflight > 0) {
+            std::fprintf(stderr, "coport: a single_thread io_context was destroyed on another thread than "
+                                 "the one that constructed it, with operations in flight\n");
+            std::abort();
+        }
+        m_wake_armed = false;
+        while (timer_node* t = m_timers.pop()) {
+            auto* op = static_cast<timer_op*>(t);
+            op->m_res = -ECANCELED;
+            complete(op);
+        }
+        turn();
+        return has_work();
+    }
     if (m_inflight > 0 && !m_cancel_all_sent) {
         io_uring_sqe* sqe = get_sqe();
         io_uring_prep_cancel(sqe, nullptr, IORING_ASYNC_CANCEL_ANY | IORING_ASYNC_CANCEL_ALL);
@@ -715,9 +748,15 @@ inline std::string context::try_io_uring() {
         m_uring_error = make_error_code(error::backend_unavailable);
         return "io_uring refused: disabled by the environment variable COPORT_DISABLE_IO_URING";
     }
-    // Probe the setup flags this kernel takes; fall back quietly to fewer.
-    const unsigned candidates[] = {IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL,
-                                   IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP, 0};
+    // Probe the setup flags this kernel takes; fall back quietly to fewer (see the file comment).
+    constexpr unsigned base = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL;
+    constexpr unsigned coop = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+    constexpr unsigned single = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
+    const unsigned candidates[] = {m_opts.single_thread ? base | single : base | coop,
+                                   base | coop,
+                                   base,
+                                   IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
+                                   0};
     int last = 0;
     for (unsigned flags : candidates) {
         m_setup_flags = flags;
@@ -729,6 +768,7 @@ inline std::string context::try_io_uring() {
             if (last != EINVAL) break;
         }
     }
+    m_setup_flags = 0;
     m_uring_error = native_error(last);
     std::string why = "io_uring refused: io_uring_setup failed with " + std::string(std::strerror(last));
     if (last == EPERM) why += " (blocked by a seccomp profile, or /proc/sys/kernel/io_uring_disabled)";
@@ -738,6 +778,19 @@ inline std::string context::try_io_uring() {
 }
 
 inline context::~context() { shutdown(); }
+
+inline std::string context::features() const {
+    if (m_use_epoll) return "edge-triggered epoll_wait";
+    static constexpr std::pair<unsigned, const char*> names[] = {
+        {IORING_SETUP_SUBMIT_ALL, "SUBMIT_ALL"},       {IORING_SETUP_COOP_TASKRUN, "COOP_TASKRUN"},
+        {IORING_SETUP_TASKRUN_FLAG, "TASKRUN_FLAG"},   {IORING_SETUP_SINGLE_ISSUER, "SINGLE_ISSUER"},
+        {IORING_SETUP_DEFER_TASKRUN, "DEFER_TASKRUN"},
+    };
+    std::string s;
+    for (auto [flag, name] : names)
+        if (m_setup_flags & flag) s += (s.empty() ? "" : " ") + std::string(name);
+    return s;
+}
 
 inline void context::stop() noexcept {
     m_stopped.store(true, std::memory_order_release);
@@ -813,6 +866,7 @@ inline std::size_t context::run_loop(worker::mode m, const std::atomic<bool>* un
 
 inline void context::shutdown() noexcept {
     m_shutdown.store(true, std::memory_order_release);
+    m_foreign_shutdown = (m_setup_flags & IORING_SETUP_SINGLE_ISSUER) && std::this_thread::get_id() != m_creator;
     unsigned n = m_nworkers.load(std::memory_order_acquire);
     worker*& slot = current_worker_slot();
     worker* prev = slot;
