@@ -5,7 +5,8 @@
 //   schedule   a coroutine yielding through the run queue: co_await ctx.schedule() vs
 //              co_await asio::post(ex, use_awaitable) (per s)
 //   timer      schedule+cancel: 64 coroutines each wait 1 h; a driver cancels them round-robin and each
-//              re-arms at once. coport: sleep_for with a fresh stop_source per wait; Asio: steady_timer
+//              re-arms at once. coport: coport::timer::cancel(), and sleep_for with a fresh stop_source per
+//              wait (the form with_timeout uses); Asio: steady_timer
 //              expires_after + async_wait(use_awaitable), cancel() (and Asio with plain callbacks, for scale)
 //   ready      co_await of a task that completes at once: coport::task<int> vs asio::awaitable<int> (ns)
 // Run: micro [--reps 5] [--scale 1.0] [--only NAME]   (a Markdown table; ratio > 1: coport is faster)
@@ -181,6 +182,44 @@ double coport_timer(long total) {
     return static_cast<double>(sh.cancelled - static_cast<long>(timer_slots)) / seconds_since(sh.t0, sh.t1);
 }
 
+// The same with coport::timer, cancelled by timer::cancel() like Asio's steady_timer.
+coport::task<void> coport_cancel_timer_waiter(coport::timer& t, timer_shared& sh) {
+    for (;;) {
+        auto r = co_await t.wait_for(std::chrono::hours(1));
+        if (r) fail("coport timer fired instead of being cancelled");
+        ++sh.cancelled;
+        if (sh.stop) co_return;
+    }
+}
+
+coport::task<void> coport_cancel_timer_driver(coport::io_context& ctx, long total, timer_shared& sh) {
+    std::vector<std::unique_ptr<coport::timer>> timers;
+    coport::async_scope scope;
+    for (std::size_t i = 0; i < timer_slots; ++i) {
+        timers.push_back(std::make_unique<coport::timer>(ctx));
+        scope.spawn(coport_cancel_timer_waiter(*timers.back(), sh)); // runs until its wait is armed
+    }
+    long done = 0;
+    sh.t0 = steady::now();
+    while (done < total) {
+        for (auto& t : timers)
+            if (t->cancel() != 1) fail("coport timer::cancel found no wait");
+        done += static_cast<long>(timers.size());
+        while (sh.cancelled < done) co_await ctx.schedule(); // every waiter has resumed and re-armed
+    }
+    sh.t1 = steady::now();
+    sh.stop = true;
+    for (auto& t : timers) t->cancel();
+    co_await scope.join();
+}
+
+double coport_cancel_timer(long total) {
+    coport::io_context ctx;
+    timer_shared sh;
+    ctx.block_on(coport_cancel_timer_driver(ctx, total, sh));
+    return static_cast<double>(sh.cancelled - static_cast<long>(timer_slots)) / seconds_since(sh.t0, sh.t1);
+}
+
 asio::awaitable<void> asio_timer_waiter(asio::steady_timer& t, timer_shared& sh) {
     for (;;) {
         t.expires_after(std::chrono::hours(1));
@@ -346,10 +385,12 @@ int main(int argc, char** argv) {
             [&] { return asio_post(4, n(2.5e5)); });
     measure("schedule() (vs asio::post(ex, use_awaitable))", "resumptions/s", false,
             [&] { return coport_schedule(n(2e6)); }, [&] { return asio_schedule(n(2e6)); });
-    measure("timer schedule+cancel (vs steady_timer, awaitable)", "timers/s", false,
+    measure("timer schedule+cancel: coport::timer (vs steady_timer, awaitable)", "timers/s", false,
+            [&] { return coport_cancel_timer(n(1e6)); }, [&] { return asio_timer(n(1e6)); });
+    measure("timer schedule+cancel: coport::timer (vs steady_timer, callback)", "timers/s", false,
+            [&] { return coport_cancel_timer(n(1e6)); }, [&] { return asio_callback_timer(n(1e6)); });
+    measure("timer schedule+cancel: sleep_for + stop_source (vs steady_timer, awaitable)", "timers/s", false,
             [&] { return coport_timer(n(1e6)); }, [&] { return asio_timer(n(1e6)); });
-    measure("timer schedule+cancel (vs steady_timer, callback)", "timers/s", false,
-            [&] { return coport_timer(n(1e6)); }, [&] { return asio_callback_timer(n(1e6)); });
     measure("co_await ready task<int> (vs awaitable<int>)", "ns", true, [&] { return coport_ready(n(1e7)); },
             [&] { return asio_ready(n(1e7)); });
 

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -322,6 +323,107 @@ TEST_CASE("a stop requested before the wait never suspends; one requested from a
     canceller.join();
     CHECK(r2.error() == coport::errc::operation_aborted);
     CHECK(io_context::clock::now() - start < 30s);
+}
+
+TEST_CASE("coport::timer: fires, cancel() ends the wait in progress only, from this thread or another",
+          "[timer]") {
+    io_context ctx;
+    coport::timer t(ctx);
+    // Fires after its duration.
+    auto start = io_context::clock::now();
+    auto fired = ctx.block_on(t.wait_for(20ms));
+    CHECK(fired);
+    CHECK(io_context::clock::now() - start >= 20ms);
+    // cancel() with no wait in progress does nothing, and does not affect the next wait.
+    CHECK(t.cancel() == 0);
+    CHECK(ctx.block_on(t.wait_for(1ms)));
+    // Cancelled by a sibling coroutine on the same thread: operation_aborted, cancel() counts it.
+    std::size_t counted = 0;
+    auto waiter = [&]() -> task<coport::result<void>> { co_return co_await t.wait_for(1h); };
+    auto canceller = [&]() -> task<void> {
+        co_await ctx.schedule(); // the waiter is suspended by now
+        counted = t.cancel();
+    };
+    auto [r, ignored] = ctx.block_on(coport::when_all(waiter(), canceller()));
+    (void)ignored;
+    CHECK(counted == 1);
+    REQUIRE(!r);
+    CHECK(r.error() == coport::errc::operation_aborted);
+    // Cancelled from a thread that does not run the context.
+    std::atomic<std::size_t> from_thread{0};
+    std::thread other([&] {
+        while (from_thread.load() == 0) {
+            std::this_thread::sleep_for(5ms);
+            from_thread.store(t.cancel());
+        }
+    });
+    start = io_context::clock::now();
+    auto r2 = ctx.block_on(t.wait_for(1h));
+    other.join();
+    CHECK(from_thread.load() == 1);
+    REQUIRE(!r2);
+    CHECK(r2.error() == coport::errc::operation_aborted);
+    CHECK(io_context::clock::now() - start < 30s);
+    // The stop token of one wait works as with sleep_for.
+    std::stop_source src;
+    src.request_stop();
+    CHECK(ctx.block_on(t.wait_for(1h, src.get_token())).error() == coport::errc::operation_aborted);
+}
+
+TEST_CASE("coport::timer: 2,000 cancel() calls from another thread race 2,000 expiries; each wait resumes once",
+          "[timer][threads]") {
+    io_context ctx;
+    coport::thread_pool_runner runners(ctx, 1); // a second thread runs the context too
+    auto guard = ctx.make_work_guard();
+    coport::timer t(ctx);
+    constexpr int rounds = 2000;
+    std::atomic<int> round{0};
+    std::atomic<bool> done{false};
+    int ok = 0, aborted = 0;
+    std::thread canceller([&] {
+        std::mt19937 rng(42);
+        while (!done.load()) {
+            t.cancel();
+            for (int spin = static_cast<int>(rng() % 2000); spin > 0; --spin) std::atomic_signal_fence(std::memory_order_seq_cst);
+        }
+    });
+    auto run = [&]() -> task<void> {
+        for (int i = 0; i < rounds; ++i) {
+            auto r = co_await t.wait_for(std::chrono::microseconds(i % 50));
+            if (r) ++ok;
+            else if (r.error() == coport::errc::operation_aborted) ++aborted;
+            round.store(i + 1);
+        }
+    };
+    ctx.block_on(run());
+    done.store(true);
+    canceller.join();
+    guard.reset();
+    runners.join();
+    CHECK(round.load() == rounds);
+    CHECK(ok + aborted == rounds);
+    INFO("fired " << ok << ", cancelled " << aborted);
+    CHECK(aborted > 0);
+}
+
+TEST_CASE("coport::timer: destroying the context ends a wait in progress with operation_aborted",
+          "[timer][shutdown]") {
+    coport::result<void> r;
+    bool resumed = false;
+    {
+        std::optional<coport::timer> t; // declared first: outlives the context, as its wait requires
+        io_context ctx;
+        t.emplace(ctx);
+        coport::spawn(ctx, [](coport::timer& t, coport::result<void>& r, bool& resumed) -> task<void> {
+            r = co_await t.wait_for(1h);
+            resumed = true;
+        }(*t, r, resumed));
+        ctx.poll();
+        CHECK(!resumed);
+    }
+    CHECK(resumed);
+    REQUIRE(!r);
+    CHECK(r.error() == coport::errc::operation_aborted);
 }
 
 TEST_CASE("stop() leaves timers pending; destruction resumes 1,000 of them with operation_aborted",

@@ -18,4 +18,5 @@
 #include <coport/scope.hpp>
 #include <coport/sync_wait.hpp>
 #include <coport/task.hpp>
+#include <coport/timer.hpp>
 #include <coport/when_all.hpp>

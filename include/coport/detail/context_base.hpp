@@ -125,6 +125,36 @@ inline void rethrow_pending_exception() {
 }
 
 /// A timer waiting in a heap. `m_index` is its position (for O(log n) removal on cancel).
+/// Where coport::timer::cancel() reaches the timer's wait in progress. The wait attaches itself before it
+/// starts and detaches before it returns its result; cancel() holds the lock while it asks the operation
+/// to cancel, so it never touches a finished operation. A backend's request_cancel never resumes the
+/// coroutine inline (it queues or posts the completion), so it never re-enters this lock.
+class cancel_slot {
+public:
+    using cancel_fn = void (*)(void*) noexcept;
+    void attach(void* op, cancel_fn fn) noexcept {
+        std::lock_guard lock(m_mutex);
+        m_op = op;
+        m_fn = fn;
+    }
+    void detach() noexcept {
+        std::lock_guard lock(m_mutex);
+        m_op = nullptr;
+    }
+    /// 1 if a wait was attached (it is now asked to cancel), else 0.
+    std::size_t cancel() noexcept {
+        std::lock_guard lock(m_mutex);
+        if (!m_op) return 0;
+        m_fn(std::exchange(m_op, nullptr));
+        return 1;
+    }
+
+private:
+    std::mutex m_mutex;
+    void* m_op = nullptr;
+    cancel_fn m_fn = nullptr;
+};
+
 struct timer_node {
     clock::time_point m_deadline;
     std::uint64_t m_seq = 0; // ties broken by start order: equal deadlines fire in order

@@ -13,7 +13,8 @@ namespace coport::detail::iocp {
 
 class sleep_awaiter final : public timer_op {
 public:
-    sleep_awaiter(context& ctx, clock::time_point deadline, std::stop_token st) noexcept : m_stop(std::move(st)) {
+    sleep_awaiter(context& ctx, clock::time_point deadline, std::stop_token st, cancel_slot* slot = nullptr) noexcept
+        : m_stop(std::move(st)), m_slot(slot) {
         m_ctx = &ctx;
         m_deadline = deadline;
     }
@@ -27,11 +28,13 @@ public:
         context& ctx = *m_ctx;
         // May run the callback at once (stop requested just now): the timer then ends without waiting.
         if (m_stop.stop_possible()) m_reg.emplace(m_stop, cancel_callback{this});
+        if (m_slot) m_slot->attach(this, [](void* op) noexcept { static_cast<sleep_awaiter*>(op)->request_cancel(); });
         ctx.start_timer(this); // published: *this may already be resumed on another thread
         return true;
     }
     result<void> await_resume() noexcept {
         m_reg.reset(); // waits for a stop callback running on another thread
+        if (m_slot) m_slot->detach();
         if (m_error) return unexpected(native_error(static_cast<int>(m_error)));
         return {};
     }
@@ -39,6 +42,7 @@ public:
 private:
     std::stop_token m_stop;
     stop_registration m_reg;
+    cancel_slot* m_slot;
 };
 
 } // namespace coport::detail::iocp

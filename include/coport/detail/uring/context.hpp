@@ -337,8 +337,12 @@ private:
 
 inline void operation::request_cancel() noexcept {
     std::uint8_t expected = cancel_idle;
-    if (m_cancel.compare_exchange_strong(expected, cancel_queued, std::memory_order_acq_rel))
-        m_worker->post_remote(&m_cancel_node);
+    if (m_cancel.compare_exchange_strong(expected, cancel_queued, std::memory_order_acq_rel)) {
+        // On the owning worker's own thread (the common case: a coroutine cancels its sibling) the local
+        // queue does, without the lock and the wake-up of the remote queue.
+        if (current_worker_slot() == m_worker) m_worker->post_local(&m_cancel_node);
+        else m_worker->post_remote(&m_cancel_node);
+    }
 }
 
 inline void operation::run_start(work_item* w) noexcept {

@@ -12,8 +12,8 @@ namespace coport::detail::uring {
 
 class sleep_awaiter final : public timer_op {
 public:
-    sleep_awaiter(context& ctx, clock::time_point deadline, std::stop_token st) noexcept
-        : timer_op(&s_vtable), m_ctx(ctx), m_stop(std::move(st)) {
+    sleep_awaiter(context& ctx, clock::time_point deadline, std::stop_token st, cancel_slot* slot = nullptr) noexcept
+        : timer_op(&s_vtable), m_ctx(ctx), m_stop(std::move(st)), m_slot(slot) {
         m_deadline = deadline;
     }
     bool await_ready() const noexcept { return false; }
@@ -27,11 +27,13 @@ public:
         worker& w = ctx.owner_for_new_op();
         m_worker = &w;
         if (m_stop.stop_possible()) m_reg.emplace(m_stop, cancel_callback{this});
+        if (m_slot) m_slot->attach(this, [](void* op) noexcept { static_cast<sleep_awaiter*>(op)->request_cancel(); });
         ctx.start_on(w, this); // published: *this may already be resumed on another thread
         return true;
     }
     result<void> await_resume() noexcept {
         m_reg.reset();
+        if (m_slot) m_slot->detach();
         if (m_res < 0) return unexpected(native_error(-m_res));
         return {};
     }
@@ -50,6 +52,7 @@ private:
     context& m_ctx;
     std::stop_token m_stop;
     stop_registration m_reg;
+    cancel_slot* m_slot;
 };
 
 } // namespace coport::detail::uring
