@@ -14,7 +14,6 @@
 
 #include <cstddef>
 #include <cstring>
-#include <filesystem>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
@@ -100,10 +99,7 @@ public:
         sockaddr_storage ss;
         auto len = ep.to_sockaddr(ss);
         if (!len) return unexpected(len.error());
-        if (opts.unlink_existing && !ep.is_abstract()) {
-            std::error_code fe;
-            if (std::filesystem::is_socket(ep.path(), fe)) std::filesystem::remove(ep.path(), fe);
-        }
+        if (opts.unlink_existing && !ep.is_abstract()) detail::backend::remove_socket_file(ep.path().c_str());
         auto s = impl::open(ctx.native(), AF_UNIX, SOCK_STREAM);
         if (!s) return unexpected(s.error());
         if (auto ec = (*s)->bind(ss, *len)) return unexpected(ec);

@@ -792,7 +792,10 @@ inline std::string context::features() const {
     };
     std::string s;
     for (auto [flag, name] : names)
-        if (m_setup_flags & flag) s += (s.empty() ? "" : " ") + std::string(name);
+        if (m_setup_flags & flag) {
+            if (!s.empty()) s += ' ';
+            s += name;
+        }
     return s;
 }
 
