@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -162,4 +163,46 @@ TEST_CASE("a slow peer (1 byte per 100 ms) is cut off by a 1 s deadline while 10
     CHECK(cut_off.load() == 1);
     CHECK(other.load() == 0);
     CHECK(slow_saw_close);
+}
+
+TEST_CASE("stop requests from another thread racing resolve and with_timeout: each resumes once, ok or aborted",
+          "[cancel][threads]") {
+    io_context ctx;
+    coport::thread_pool_runner runners(ctx, 1); // completions may come on either thread
+    auto guard = ctx.make_work_guard();
+    auto stop_soon = [](std::stop_source& src, int spins) {
+        return std::thread([&src, spins] {
+            for (int i = 0; i < spins; ++i) std::atomic_signal_fence(std::memory_order_seq_cst);
+            src.request_stop();
+        });
+    };
+    int resolved = 0, resolve_aborted = 0;
+    for (int i = 0; i < 100; ++i) {
+        std::stop_source src;
+        std::thread t = stop_soon(src, (i * 7919) % 400000);
+        auto r = ctx.block_on(coport::resolve(ctx, "localhost", "80", src.get_token()));
+        t.join();
+        if (r) ++resolved;
+        else if (r.error() == coport::errc::operation_aborted) ++resolve_aborted;
+        else FAIL("resolve: " << r.error().message());
+    }
+    CHECK(resolved + resolve_aborted == 100);
+    int finished = 0, timeout_aborted = 0;
+    for (int i = 0; i < 500; ++i) {
+        std::stop_source src;
+        std::thread t = stop_soon(src, (i * 7919) % 400000);
+        auto r = ctx.block_on(coport::with_timeout(
+            ctx, 1h, [&](std::stop_token st) { return ctx.sleep_for(std::chrono::microseconds(i % 20), st); },
+            src.get_token()));
+        t.join();
+        if (r) ++finished;
+        else if (r.error() == coport::errc::operation_aborted) ++timeout_aborted;
+        else FAIL("with_timeout: " << r.error().message());
+    }
+    CHECK(finished + timeout_aborted == 500);
+    guard.reset();
+    runners.join();
+    INFO("resolve ok " << resolved << " aborted " << resolve_aborted << "; with_timeout ok " << finished
+                       << " aborted " << timeout_aborted);
+    CHECK(resolve_aborted + timeout_aborted > 0);
 }

@@ -11,6 +11,7 @@
 /// included): when they resume, no kernel operation they started is still in flight, so buffers may be
 /// reused at once.
 
+#include <coport/detail/stop_registration.hpp>
 #include <coport/error.hpp>
 #include <coport/io_context.hpp>
 #include <coport/result.hpp>
@@ -75,7 +76,7 @@ task<factory_result_t<F>> with_deadline(io_context& ctx, io_context::clock::time
                                         std::stop_token outer = {}) {
     using R = factory_result_t<F>;
     std::stop_source op_stop, timer_stop;
-    std::optional<std::stop_callback<detail::stop_forwarder>> link;
+    detail::stop_registration<detail::stop_forwarder> link;
     if (outer.stop_possible()) link.emplace(outer, detail::stop_forwarder{&op_stop});
     auto op = detail::timed_operation<F, R>(make, op_stop, timer_stop);
     auto timer = detail::timeout_timer(ctx, deadline, op_stop, timer_stop);
@@ -125,7 +126,7 @@ task<Out> when_any_impl(std::index_sequence<I...>, std::stop_token outer, Fs... 
     std::stop_source stop;
     std::atomic<bool> decided{false};
     std::optional<Out> out;
-    std::optional<std::stop_callback<stop_forwarder>> link;
+    stop_registration<stop_forwarder> link;
     if (outer.stop_possible()) link.emplace(outer, stop_forwarder{&stop});
     co_await when_all(when_any_child<I, Fs, Out>(makes, stop, decided, out)...);
     co_return std::move(*out);

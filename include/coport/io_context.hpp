@@ -93,7 +93,7 @@ public:
     /// "io_uring", "epoll" or "iocp".
     [[nodiscard]] const char* backend_name() const noexcept { return m_impl.name(); }
     /// What the backend runs with, for logs: io_uring's setup flags that the kernel took (e.g.
-    /// "SUBMIT_ALL COOP_TASKRUN TASKRUN_FLAG"), or how epoll/IOCP wait.
+    /// "SUBMIT_ALL TASKRUN_FLAG SINGLE_ISSUER DEFER_TASKRUN"), or how epoll/IOCP wait.
     [[nodiscard]] std::string backend_features() const { return m_impl.features(); }
 
     /// Awaiter of schedule(): resumes the coroutine on a thread running this context.

@@ -9,13 +9,13 @@
 /// - Cancel: a stop request resumes the coroutine at once with `errc::operation_aborted`; the lookup
 ///   itself cannot be interrupted and finishes in the background, its answer dropped.
 
+#include <coport/detail/stop_registration.hpp>
 #include <coport/error.hpp>
 #include <coport/io_context.hpp>
 #include <coport/net/address.hpp>
 #include <coport/result.hpp>
 
 #include <charconv>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -76,7 +76,7 @@ public:
         st->item.m_handle = h;
         m_state = st;
         io_context& ctx = m_ctx;
-        if (m_stop.stop_possible()) m_reg.emplace(m_stop, [p = st.get()] { p->on_stop(); });
+        if (m_stop.stop_possible()) m_reg.emplace(m_stop, on_stop_fn{st.get()});
         ctx.native().work_started(); // the lookup is outstanding work: run() must not return meanwhile
         ctx.blocking().submit([st, host = m_host, service = m_service](bool run) {
             if (run) st->finish(detail::getaddrinfo_blocking(host, service));
@@ -136,7 +136,11 @@ private:
     std::stop_token m_stop;
     std::optional<result<std::vector<endpoint>>> m_ready;
     std::shared_ptr<state> m_state;
-    std::optional<std::stop_callback<std::function<void()>>> m_reg;
+    struct on_stop_fn {
+        state* m_state;
+        void operator()() const noexcept { m_state->on_stop(); }
+    };
+    detail::stop_registration<on_stop_fn> m_reg;
 };
 
 /// Resolves `host` (a name or a numeric address) and `service` (a port number or name).

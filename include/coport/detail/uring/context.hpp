@@ -11,13 +11,16 @@
 // eventfd whose read is kept in flight in the ring. The operation's address is the SQE's user_data.
 //
 // Setup flags, probed at construction (a kernel that refuses one gets the next set, quietly):
-// COOP_TASKRUN | TASKRUN_FLAG always: a completion does not interrupt a thread running user code; its
-// task work runs at that thread's next system call (a sleeping thread is still woken), and the loop
-// enters the kernel when IORING_SQ_TASKRUN says work waits. SINGLE_ISSUER | DEFER_TASKRUN only with
-// io_context_options::single_thread: a slot's ring may be claimed by another thread on its next run() and
-// orphaned rings are serviced by other workers, and a deferred-task-run ring completes nothing unless
-// its creator enters it, so with several threads it would stall; one thread, the constructing one,
-// is exactly what those flags require.
+// CQSIZE | CLAMP | SUBMIT_ALL always. With io_context_options::single_thread, also SINGLE_ISSUER |
+// DEFER_TASKRUN | TASKRUN_FLAG (else COOP_TASKRUN | TASKRUN_FLAG): completions are run only when the loop
+// enters the kernel for them (flush() does when IORING_SQ_TASKRUN says work waits), with no
+// inter-processor interrupt. Not for contexts that several threads may run: there a slot's ring is
+// claimed by whichever thread calls run() next and orphaned rings are serviced by other workers, so the
+// task that submitted an operation is often not the one waiting on its ring. A deferred-task-run ring
+// completes nothing unless its creator enters it, and with COOP_TASKRUN alone the suite's stop-request
+// race test (test_cancel.cpp) hung about every other run here (kernel 6.18), both threads asleep in
+// io_uring_enter: apparently a completion whose task work belonged to the other thread was not delivered.
+// Without these flags the kernel interrupts the submitting thread to run its task work; that test passes.
 #if !defined(__linux__)
 #error "coport/detail/uring is the Linux backend"
 #endif
@@ -43,6 +46,7 @@
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
+#include <span>
 #include <string>
 #include <system_error>
 #include <thread>
@@ -756,13 +760,10 @@ inline std::string context::try_io_uring() {
     constexpr unsigned base = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP | IORING_SETUP_SUBMIT_ALL;
     constexpr unsigned coop = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
     constexpr unsigned single = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG;
-    const unsigned candidates[] = {m_opts.single_thread ? base | single : base | coop,
-                                   base | coop,
-                                   base,
-                                   IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
-                                   0};
+    const unsigned candidates[] = {base | single, base | coop, base, IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP, 0};
     int last = 0;
-    for (unsigned flags : candidates) {
+    // Shared rings (several threads may run the context) start at `base`: see the file comment.
+    for (unsigned flags : std::span(candidates).subspan(m_opts.single_thread ? 0 : 2)) {
         m_setup_flags = flags;
         try {
             m_workers[0] = std::make_unique<worker>(*this, 0);
