@@ -17,10 +17,10 @@
 // inter-processor interrupt. Not for contexts that several threads may run: there a slot's ring is
 // claimed by whichever thread calls run() next and orphaned rings are serviced by other workers, so the
 // task that submitted an operation is often not the one waiting on its ring. A deferred-task-run ring
-// completes nothing unless its creator enters it, and with COOP_TASKRUN alone the suite's stop-request
-// race test (test_cancel.cpp) hung about every other run here (kernel 6.18), both threads asleep in
-// io_uring_enter: apparently a completion whose task work belonged to the other thread was not delivered.
-// Without these flags the kernel interrupts the submitting thread to run its task work; that test passes.
+// completes nothing unless its creator enters it; with COOP_TASKRUN the completion waits for the
+// submitting thread's next system call, and that thread may have left run() (block_on returned) to
+// compute for seconds while another worker waits on the ring. Without these flags the kernel interrupts
+// the submitting thread to run its task work at once.
 #if !defined(__linux__)
 #error "coport/detail/uring is the Linux backend"
 #endif
@@ -200,6 +200,7 @@ private:
     void wait(bool block, bool orphans);
     std::size_t turn();
     [[nodiscard]] bool has_work() const noexcept;
+    [[nodiscard]] bool leave_requested() const noexcept; // what makes loop() return (mode::run)
     void dispatch(operation* op) noexcept; // hand an I/O operation to the engine
     void flush();                          // io_uring: submit what is prepped
 
@@ -600,7 +601,11 @@ inline void worker::wait(bool block, bool orphans) {
         if (timer_node* t = m_timers.top()) timeout = std::max(t->m_deadline - clock::now(), clock::duration::zero());
         if (orphans) timeout = std::min<clock::duration>(timeout, std::chrono::milliseconds(1));
         std::lock_guard lock(m_mutex);
-        if (!m_remote.empty()) block = false;
+        // The loop's reasons to leave (run_until's flag, stop(), out of work) are set without this lock
+        // and then announced by wake(), which writes the eventfd only to a worker it finds sleeping. So
+        // they are read again here, after m_sleeping is set under the lock: a flag set before the waker
+        // looked at m_sleeping is visible now; one set after it finds m_sleeping and writes the eventfd.
+        if (!m_remote.empty() || leave_requested()) block = false;
         else m_sleeping = true;
     }
     if (!block) {
@@ -630,6 +635,11 @@ inline void worker::wait(bool block, bool orphans) {
     }
     std::lock_guard lock(m_mutex);
     m_sleeping = false;
+}
+
+inline bool worker::leave_requested() const noexcept {
+    if (m_until) return m_until->load(std::memory_order_acquire);
+    return m_ctx.stopped() || m_ctx.m_work.load(std::memory_order_acquire) == 0;
 }
 
 inline std::size_t worker::loop(mode m) {
