@@ -33,13 +33,13 @@ coport::task<void> session(coport::tcp_socket s) {
     }
 }
 
-coport::task<void> server(coport::tcp_listener& listener, int connections) {
+coport::task<void> server(coport::io_context& ctx, coport::tcp_listener& listener, int connections) {
     coport::async_scope scope;
     for (int i = 0; i < connections; ++i) {
         auto s = co_await listener.accept();
         if (!s) break;
         (void)s->set_no_delay(true);
-        scope.spawn(session(std::move(*s)));
+        scope.spawn(ctx, session(std::move(*s))); // the sessions spread over the threads running ctx
     }
     co_await scope.join();
 }
@@ -103,8 +103,8 @@ int main(int argc, char** argv) {
     const auto deadline = start + std::chrono::seconds(seconds);
     auto everything = [&]() -> coport::task<void> {
         coport::async_scope scope;
-        scope.spawn(server(*listener, connections));
-        for (int i = 0; i < connections; ++i) scope.spawn(client(ctx, port, size, deadline, i, st));
+        scope.spawn(server(ctx, *listener, connections));
+        for (int i = 0; i < connections; ++i) scope.spawn(ctx, client(ctx, port, size, deadline, i, st));
         co_await scope.join();
     };
     {

@@ -18,7 +18,7 @@ coport::task<void> session(coport::tcp_socket s) {
     }
 }
 
-coport::task<void> serve(coport::tcp_listener& listener, long max_connections) {
+coport::task<void> serve(coport::io_context& ctx, coport::tcp_listener& listener, long max_connections) {
     coport::async_scope scope;
     for (long i = 0; max_connections == 0 || i < max_connections; ++i) {
         auto s = co_await listener.accept();
@@ -26,7 +26,7 @@ coport::task<void> serve(coport::tcp_listener& listener, long max_connections) {
             std::fprintf(stderr, "accept: %s\n", s.error().message().c_str());
             break;
         }
-        scope.spawn(session(std::move(*s)));
+        scope.spawn(ctx, session(std::move(*s))); // sessions spread over the threads running ctx
     }
     co_await scope.join();
 }
@@ -52,7 +52,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
     coport::thread_pool_runner helpers(ctx, static_cast<unsigned>(threads > 1 ? threads - 1 : 0));
     auto guard = ctx.make_work_guard();
-    ctx.block_on(serve(*listener, max_connections));
+    ctx.block_on(serve(ctx, *listener, max_connections));
     guard.reset();
     helpers.join();
     return 0;

@@ -32,6 +32,7 @@
 #include <concepts>
 #include <coroutine>
 #include <cstddef>
+#include <optional>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
@@ -55,6 +56,7 @@ concept backend_context = requires(C& c, const C& cc, work_item* w, const std::a
     c.wake_all();
     { cc.stopped() } -> std::same_as<bool>;
     c.post(w);
+    c.post_spread(w);
     c.work_started();
     c.work_finished();
     { c.running_in_this_thread() } -> std::same_as<bool>;
@@ -225,15 +227,19 @@ inline detached_task run_detached(task<void> t) { co_await std::move(t); }
 
 /// Starts `t` on a thread running `ctx` and forgets it. If `t` ends with an exception, that exception
 /// leaves the run() call of the thread that finished it. For coroutines you need to wait for, use
-/// async_scope (scope.hpp) instead.
+/// async_scope (scope.hpp) instead. Successive spawns start on the threads running `ctx` in turn, so
+/// that the coroutines (a server's sessions) spread over them; on io_uring/epoll a coroutine's
+/// operations then complete on the thread it started on.
 inline void spawn(io_context& ctx, task<void> t) {
     auto h = detail::run_detached(std::move(t)).m_handle;
     h.promise().m_start.m_handle = h;
-    ctx.native().post(&h.promise().m_start);
+    ctx.native().post_spread(&h.promise().m_start);
 }
 
-/// Runs `ctx.run()` on N threads until destroyed (then joins them). The first exception that leaves a
-/// thread's run() is kept and rethrown by join().
+/// Runs `ctx.run()` on N threads. Until join() (or destruction) it holds a work_guard on `ctx`, so its
+/// threads do not return for lack of work before there is any (Asio's thread_pool does the same); join()
+/// releases it and waits until every thread's run() has returned (the remaining work done, or stop()).
+/// The first exception that leaves a thread's run() is kept and rethrown by join().
 class thread_pool_runner {
 public:
     /// The seed's default: two threads per processor.
@@ -241,7 +247,7 @@ public:
         unsigned n = std::thread::hardware_concurrency();
         return n ? 2 * n : 2;
     }
-    explicit thread_pool_runner(io_context& ctx, unsigned threads = default_threads()) {
+    explicit thread_pool_runner(io_context& ctx, unsigned threads = default_threads()) : m_guard(std::in_place, ctx) {
         m_threads.reserve(threads);
         for (unsigned i = 0; i < threads; ++i)
             m_threads.emplace_back([this, &ctx] {
@@ -256,11 +262,14 @@ public:
     thread_pool_runner(const thread_pool_runner&) = delete;
     thread_pool_runner& operator=(const thread_pool_runner&) = delete;
     ~thread_pool_runner() {
+        m_guard.reset();
         for (auto& t : m_threads)
             if (t.joinable()) t.join();
     }
-    /// Waits for every thread's run() to return; rethrows the first exception one of them threw.
+    /// Releases the pool's work_guard and waits for every thread's run() to return; rethrows the first
+    /// exception one of them threw.
     void join() {
+        m_guard.reset();
         for (auto& t : m_threads)
             if (t.joinable()) t.join();
         if (m_exception) std::rethrow_exception(std::exchange(m_exception, nullptr));
@@ -268,6 +277,7 @@ public:
     [[nodiscard]] std::size_t size() const noexcept { return m_threads.size(); }
 
 private:
+    std::optional<io_context::work_guard> m_guard;
     std::vector<std::thread> m_threads;
     std::mutex m_mutex;
     std::exception_ptr m_exception;

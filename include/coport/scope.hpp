@@ -14,6 +14,7 @@
 ///   (count them with `exceptions()`).
 /// - The scope must outlive its tasks: destroying it before `join()` completed is a bug (asserted).
 
+#include <coport/detail/context_base.hpp>
 #include <coport/task.hpp>
 
 #include <atomic>
@@ -32,10 +33,20 @@ public:
     async_scope& operator=(const async_scope&) = delete;
     ~async_scope() { assert(m_count.load(std::memory_order_acquire) == (m_joined ? 0u : 1u)); }
 
-    /// Starts `t` now; it keeps the scope open until it finishes.
+    /// Starts `t` now, on this thread; it keeps the scope open until it finishes.
     void spawn(task<void> t) {
         m_count.fetch_add(1, std::memory_order_relaxed);
         run(this, std::move(t)).m_handle.resume();
+    }
+    /// Starts `t` on a thread running `ctx` (an io_context), the threads taken in turn like
+    /// coport::spawn(ctx, t), so that a server's sessions spread over the threads of one context; it
+    /// keeps the scope open until it finishes. Returns before `t` runs.
+    template <class Context>
+    void spawn(Context& ctx, task<void> t) {
+        m_count.fetch_add(1, std::memory_order_relaxed);
+        auto h = run(this, std::move(t)).m_handle;
+        h.promise().m_start.m_handle = h;
+        ctx.native().post_spread(&h.promise().m_start);
     }
 
     class join_awaiter {
@@ -71,6 +82,7 @@ private:
         struct promise_type : detail::frame_allocation {
             promise_type(async_scope* s, task<void>&) noexcept : m_scope(s) {}
             async_scope* m_scope;
+            detail::resume_item m_start; // spawn(ctx, t): its first resumption, queued on ctx
             detached get_return_object() noexcept {
                 return detached{std::coroutine_handle<promise_type>::from_promise(*this)};
             }

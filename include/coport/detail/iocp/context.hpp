@@ -230,6 +230,8 @@ public:
         w->m_counted = true;
         enqueue(w); // published: *w may already have run
     }
+    /// post(): the port already hands each packet to whichever thread waits (spawn spreads by itself).
+    void post_spread(work_item* w) noexcept { post(w); }
 
     void work_started() noexcept { m_work.fetch_add(1, std::memory_order_relaxed); }
     /// The last unit of work wakes every thread in run() so that they return (the context is not

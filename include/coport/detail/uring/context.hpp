@@ -280,6 +280,15 @@ public:
         if (worker* self = this_worker()) self->post_local(w);
         else pick_worker().post_remote(w);
     }
+    /// Like post(), on the threads running the context in turn (spawn: a server's sessions spread over
+    /// them; each then stays on the ring of the thread that started it).
+    void post_spread(work_item* w) noexcept {
+        work_started();
+        w->m_counted = true;
+        worker& target = pick_worker();
+        if (&target == this_worker()) target.post_local(w);
+        else target.post_remote(w);
+    }
     /// Start an operation (any thread). The caller has set op->m_handle; counts as work until resumed.
     void start(operation* op) noexcept {
         work_started();
