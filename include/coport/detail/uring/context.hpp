@@ -669,7 +669,10 @@ inline std::size_t worker::loop(mode m) {
         if (!m_until && m_ctx.m_work.load(std::memory_order_acquire) == 0) break; // out of work
         if (m == mode::poll && n == 0 && m_local.empty()) break;
         bool orphans = m_ctx.m_nworkers.load(std::memory_order_acquire) > 1 && m_ctx.service_orphans(*this);
-        wait(m != mode::poll && m_local.empty() && n == 0, orphans);
+        // Also after a turn that handled completions: submit-and-wait returns at once when a CQE is ready
+        // (the kernel runs pending task work first), so a turn costs one io_uring_enter, not a submit and
+        // then a wait.
+        wait(m != mode::poll && m_local.empty(), orphans);
     }
     flush(); // nothing prepped may stay unsubmitted
     return total;
