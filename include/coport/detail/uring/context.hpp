@@ -69,7 +69,8 @@ enum : std::uint8_t { cancel_idle, cancel_queued, cancel_closed };
 /// never holds a dangling pointer.
 class operation {
 public:
-    /// I/O operations fill in prep/perform/fd/events; timers fill in arm/disarm instead.
+    /// I/O operations fill in prep/perform/fd/events; timers fill in arm/disarm instead. The last three are
+    /// optional (null when absent).
     struct vtable {
         void (*prep)(operation*, io_uring_sqe*) noexcept; // io_uring: fill the SQE
         int (*perform)(operation*) noexcept;              // epoll: the non-blocking syscall; -EAGAIN: wait
@@ -77,6 +78,14 @@ public:
         std::uint32_t events;                             // epoll: EPOLLIN or EPOLLOUT
         void (*arm)(operation*, worker&) noexcept;        // timers: start waiting
         void (*disarm)(operation*, worker&) noexcept;     // timers: stop waiting (and complete)
+        /// A result arrived (m_res set; either engine), before the operation is completed: true if the
+        /// operation took it and stays in flight (it resubmitted itself: send_all's remainder), false to
+        /// complete it now. Called once per result, never for a completion a cancel request held back.
+        bool (*on_result)(operation*, worker&) noexcept = nullptr;
+        /// io_uring engine, instead of an SQE of the operation's own: start it (e.g. wait for a listener's
+        /// multishot accept) and cancel it. Whatever park starts ends in complete()/complete_later().
+        void (*park)(operation*, worker&) noexcept = nullptr;
+        void (*unpark)(operation*, worker&) noexcept = nullptr;
     };
     explicit operation(const vtable* vt) noexcept : m_vt(vt) {}
     operation(const operation&) = delete;
@@ -114,6 +123,17 @@ struct cancel_callback {
     void operator()() const noexcept { m_op->request_cancel(); }
 };
 using stop_registration = std::optional<std::stop_callback<cancel_callback>>;
+
+/// Something that lives on one worker beyond a single operation (a listener's multishot accept), told at
+/// every shutdown turn of that worker (until it removes itself) so that nothing of it outlives the context.
+struct resident {
+    using shutdown_fn = void (*)(resident*, worker&) noexcept;
+    explicit resident(shutdown_fn fn) noexcept : m_shutdown(fn) {}
+    shutdown_fn m_shutdown;
+    resident* m_prev = nullptr;
+    resident* m_next = nullptr;
+    bool m_listed = false;
+};
 
 /// An operation that waits in a worker's timer heap instead of the kernel.
 class timer_op : public operation, public timer_node {
@@ -154,6 +174,30 @@ public:
         prep(sqe);
         io_uring_sqe_set_data(sqe, op);
         ++m_inflight;
+    }
+    /// Submits `op`'s own SQE (io_uring engine; the op is started). Worker thread only.
+    void submit_op(operation* op) {
+        submit(op, [op](io_uring_sqe* sqe) { op->m_vt->prep(op, sqe); });
+    }
+    /// Starts `op` again from its on_result hook (its remainder): an SQE, or the epoll engine's syscall.
+    void resubmit(operation* op) noexcept { dispatch(op); }
+    /// An SQE whose CQE will never be read (single_thread context destroyed on another thread).
+    void forget_inflight() noexcept { --m_inflight; }
+    /// Residents (worker thread only).
+    void add_resident(resident* r) noexcept {
+        if (r->m_listed) return;
+        r->m_prev = nullptr;
+        r->m_next = m_residents;
+        if (m_residents) m_residents->m_prev = r;
+        m_residents = r;
+        r->m_listed = true;
+    }
+    void remove_resident(resident* r) noexcept {
+        if (!r->m_listed) return;
+        if (r->m_prev) r->m_prev->m_next = r->m_next;
+        else m_residents = r->m_next;
+        if (r->m_next) r->m_next->m_prev = r->m_prev;
+        r->m_listed = false;
     }
     /// Asks the kernel to cancel `op` (the op's own CQE still follows). Worker thread only.
     void submit_cancel(operation* op) {
@@ -224,6 +268,7 @@ private:
     bool m_cancel_all_sent = false;
     unsigned m_cq_capacity = 0;
     std::size_t m_inflight = 0; // operations whose CQE is still due (the wake read excluded)
+    resident* m_residents = nullptr;
     work_queue m_local;
     work_queue m_backlog; // operations waiting for room in the completion queue
     timer_heap m_timers;
@@ -321,6 +366,8 @@ public:
         if (m_work.fetch_sub(1, std::memory_order_acq_rel) == 1) wake_all();
     }
     [[nodiscard]] bool shutting_down() const noexcept { return m_shutdown.load(std::memory_order_acquire); }
+    /// Shutdown of a single-issuer ring on a thread that may not enter it: nothing in flight can be reaped.
+    [[nodiscard]] bool foreign_shutdown() const noexcept { return m_foreign_shutdown; }
 
 private:
     friend class worker;
@@ -459,12 +506,14 @@ inline void worker::start(operation* op) noexcept {
 inline void worker::dispatch(operation* op) noexcept {
     if (op->m_vt->arm) op->m_vt->arm(op, *this);
     else if (uses_epoll()) epoll_start(op);
-    else submit(op, [op](io_uring_sqe* sqe) { op->m_vt->prep(op, sqe); });
+    else if (op->m_vt->park) op->m_vt->park(op, *this);
+    else submit_op(op);
 }
 
 inline void worker::cancel(operation* op) noexcept {
     if (op->m_vt->disarm) op->m_vt->disarm(op, *this);
     else if (uses_epoll()) epoll_cancel(op);
+    else if (op->m_vt->unpark) op->m_vt->unpark(op, *this);
     else submit_cancel(op);
 }
 
@@ -479,6 +528,7 @@ inline void worker::complete_later(operation* op, int res) noexcept {
 }
 
 inline void worker::complete(operation* op) noexcept {
+    if (op->m_vt->on_result && !op->m_done && op->m_vt->on_result(op, *this)) return; // still in flight
     op->m_done = true;
     std::uint8_t s = op->m_cancel.load(std::memory_order_acquire);
     if (s == cancel_idle && !op->m_cancel.compare_exchange_strong(s, cancel_closed, std::memory_order_acq_rel)) {
@@ -694,6 +744,11 @@ inline std::size_t worker::turn() {
 }
 
 inline bool worker::drain_turn() {
+    for (resident* r = m_residents; r;) {
+        resident* next = r->m_next; // the hook may remove r (and free it)
+        r->m_shutdown(r, *this);
+        r = next;
+    }
     if (uses_epoll()) {
         epoll_abort_all();
         while (timer_node* t = m_timers.pop()) {

@@ -6,6 +6,13 @@
 // own reference to the file, so closing the fd alone would leave a pending recv waiting for data. The
 // cancellation is by user_data (the operation's address), never by fd, because fd numbers are reused as
 // soon as close() returns.
+//
+// Accept on the io_uring engine: a listener's first accept creates its acceptor, which keeps one multishot
+// accept (IORING_ACCEPT_MULTISHOT; a one-shot accept per waiting accept() where the kernel refuses it) in
+// flight on one worker, the listener's home, while the listener is accepted from. accept() operations
+// wait there (parked, not in the kernel) and each takes the next accepted descriptor; descriptors that
+// arrive while nobody waits are queued (up to acceptor::queue_limit, then the multishot is cancelled and
+// armed again when an accept() comes). close() closes the queued descriptors.
 #if !defined(__linux__)
 #error "coport/detail/uring is the Linux backend"
 #endif
@@ -17,8 +24,11 @@
 #include <coport/result.hpp>
 
 #include <array>
+#include <atomic>
+#include <cstddef>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <span>
 #include <vector>
 
@@ -29,6 +39,8 @@ inline constexpr native_handle_type invalid_handle = -1;
 
 class socket_op;
 class socket_impl;
+class acceptor;
+class accept_op;
 
 /// Deletes a socket_impl once no operation refers to it any more (see socket_impl::release).
 struct socket_deleter {
@@ -42,7 +54,7 @@ public:
     socket_impl(context& ctx, native_handle_type fd) noexcept : m_ctx(ctx), m_fd(fd) {}
     socket_impl(const socket_impl&) = delete;
     socket_impl& operator=(const socket_impl&) = delete;
-    ~socket_impl() { close(); }
+    ~socket_impl();
 
     /// The owner lets go: close (cancelling what is in flight) and delete, at once if nothing is in
     /// flight, else when the last operation has resumed and detached. So destroying a socket with
@@ -129,9 +141,15 @@ public:
         return {};
     }
 
+    /// io_uring engine: this listener's acceptor, made by the first accept (null if closed or out of memory).
+    acceptor* get_acceptor() noexcept;
+
 private:
     friend class socket_op;
+    friend class acceptor;
+    friend class accept_op;
     bool attach(socket_op* op) noexcept;
+    bool attach_locked(socket_op* op) noexcept;
     bool detach(socket_op* op) noexcept;
     void close_locked() noexcept;
 
@@ -141,6 +159,7 @@ private:
     socket_op* m_ops = nullptr; // in flight, intrusive doubly-linked
     bool m_closed = false;      // closed by the user: failures read as operation_aborted
     bool m_orphaned = false;    // released by its owner while operations were in flight
+    std::atomic<acceptor*> m_acceptor{nullptr}; // owned; set once, under m_mutex
 };
 
 inline void socket_deleter::operator()(socket_impl* s) const noexcept { s->release(); }
@@ -152,7 +171,12 @@ public:
         : operation(vt), m_sock(s), m_stop(std::move(st)) {}
 
     bool await_ready() const noexcept { return false; }
-    [[gnu::noinline]] bool await_suspend(std::coroutine_handle<> h) noexcept {
+    [[gnu::noinline]] bool await_suspend(std::coroutine_handle<> h) noexcept { return publish(h, nullptr); }
+
+protected:
+    /// Starts the operation on `home` (null: the calling thread's worker, or any running one). False: it
+    /// failed or was cancelled before it started (m_res says how) and the coroutine goes on at once.
+    bool publish(std::coroutine_handle<> h, worker* home) noexcept {
         if (m_res < 0) return false; // failed before reaching the kernel (e.g. could not open the socket)
         if (m_stop.stop_requested()) {
             m_res = -ECANCELED;
@@ -160,7 +184,7 @@ public:
         }
         m_handle = h;
         context& ctx = m_sock->ctx();
-        worker& w = ctx.owner_for_new_op();
+        worker& w = home ? *home : ctx.owner_for_new_op();
         m_worker = &w; // before attach(): close() may cancel from now on, which needs the worker
         if (!m_sock->attach(this)) {
             m_res = -ECANCELED;
@@ -172,7 +196,6 @@ public:
         return true;
     }
 
-protected:
     /// Call first in await_resume: after it the result is final. Returns the CQE result (-errno on error).
     int finish() noexcept {
         m_reg.reset();
@@ -199,6 +222,7 @@ protected:
 
 private:
     friend class socket_impl;
+    friend class acceptor;
     std::stop_token m_stop;
     stop_registration m_reg;
     socket_op* m_prev = nullptr;
@@ -208,6 +232,10 @@ private:
 
 inline bool socket_impl::attach(socket_op* op) noexcept {
     std::lock_guard lock(m_mutex);
+    return attach_locked(op);
+}
+
+inline bool socket_impl::attach_locked(socket_op* op) noexcept {
     if (m_closed || m_fd == invalid_handle) return false;
     op->m_next = m_ops;
     op->m_prev = nullptr;
@@ -235,14 +263,6 @@ inline void socket_impl::close() noexcept {
     close_locked();
 }
 
-inline void socket_impl::close_locked() noexcept {
-    if (m_fd == invalid_handle) return;
-    m_closed = true;
-    // Each op stays alive until it detaches under this lock, so request_cancel() is safe here.
-    for (socket_op* op = m_ops; op; op = op->m_next) op->request_cancel();
-    ::close(m_fd); // io_uring holds its own file reference for what is in flight; the cancels end those
-    m_fd = invalid_handle;
-}
 
 /// recv into one buffer. Result: bytes received; 0 means the peer shut down its side (EOF).
 class recv_op : public socket_op {
@@ -384,13 +404,20 @@ private:
     bool m_in_progress = false;
 };
 
-/// accept one connection.
+/// accept one connection. io_uring engine: waits at the listener's acceptor for the next descriptor its
+/// multishot accept delivers (see the file comment); epoll engine: accept4 once the listener is readable.
 class accept_op : public socket_op {
 public:
     accept_op(socket_impl* listener, std::stop_token st) noexcept : socket_op(&s_vtable, listener, std::move(st)) {}
+    [[gnu::noinline]] bool await_suspend(std::coroutine_handle<> h) noexcept {
+        worker* home = nullptr; // the acceptor's worker: every accept of a listener waits there
+        if (!m_sock->ctx().uses_epoll())
+            if (acceptor* a = m_sock->get_acceptor()) home = &acceptor_home(a);
+        return publish(h, home);
+    }
     struct accepted {
         socket_ptr socket;
-        sockaddr_storage peer;
+        sockaddr_storage peer; // not filled in by the io_uring engine (nothing in coport reads it)
     };
     result<accepted> finish_accept() {
         int r = finish();
@@ -400,6 +427,12 @@ public:
     }
 
 private:
+    friend class acceptor;
+    static worker& acceptor_home(acceptor* a) noexcept;
+    static void park(operation* op, worker& w) noexcept;
+    static void unpark(operation* op, worker& w) noexcept;
+    // A one-shot accept of its own: the epoll engine's syscall, and io_uring only when the listener has no
+    // acceptor on this worker (it could not be allocated).
     static void prep(operation* op, io_uring_sqe* sqe) noexcept {
         auto* self = static_cast<accept_op*>(op);
         io_uring_prep_accept(sqe, self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), &self->m_len, SOCK_CLOEXEC);
@@ -410,9 +443,300 @@ private:
         return sys(::accept4(self->fd(), reinterpret_cast<sockaddr*>(&self->m_addr), &self->m_len,
                              SOCK_CLOEXEC | SOCK_NONBLOCK));
     }
-    static constexpr vtable s_vtable{&prep, &perform, &fd_of, EPOLLIN, nullptr, nullptr};
+    static constexpr vtable s_vtable{&prep, &perform, &fd_of, EPOLLIN, nullptr, nullptr, nullptr, &park, &unpark};
+
     sockaddr_storage m_addr{};
     socklen_t m_len = sizeof(sockaddr_storage);
+    enum class where : std::uint8_t { nowhere, waiting, in_kernel };
+    where m_where = where::nowhere;      // home worker only
+    accept_op* m_wait_prev = nullptr;     // in the acceptor's list of waiting accepts
+    accept_op* m_wait_next = nullptr;
 };
+
+/// A listener's accept side on the io_uring engine (see the file comment). Made by the first accept, owned
+/// by the socket_impl; everything but the queue of accepted descriptors is touched only on its home worker.
+/// While it has an SQE in flight, or may arm one, it is attached to the socket (so close() cancels it, and
+/// the socket_impl lives on until it is done) and listed as a resident of its worker (so a shutdown ends
+/// it). Its CQEs never resume anything directly: on_result hands each descriptor (or error) to the oldest
+/// waiting accept, or queues it.
+class acceptor final : public socket_op, public resident {
+public:
+    /// Descriptors accepted for nobody before the multishot accept is cancelled (a few more may arrive
+    /// while the cancel is on its way).
+    static constexpr std::size_t queue_limit = 32;
+
+    acceptor(socket_impl* listener, worker& home) noexcept : socket_op(&s_vtable, listener, {}), resident(&on_shutdown) {
+        m_worker = &home;
+        m_started = true; // a cancel request (close) reaches on_close
+    }
+    [[nodiscard]] worker& home() const noexcept { return *m_worker; }
+
+    /// park hook of accept_op: the next queued result, or wait for one.
+    void add(accept_op* op, worker& w) noexcept {
+        if (m_closing) {
+            w.complete_later(op, -ECANCELED);
+            return;
+        }
+        if (m_unread > 0) { // something may be queued (only this thread queues; close() may have emptied it)
+            int r = 0;
+            bool got = false;
+            {
+                std::lock_guard lock(m_sock->m_mutex);
+                if (m_head < m_queue.size()) {
+                    r = m_queue[m_head++];
+                    got = true;
+                }
+                if (m_head == m_queue.size()) {
+                    m_queue.clear();
+                    m_head = 0;
+                }
+                m_unread = m_queue.size() - m_head;
+            }
+            if (got) {
+                w.complete_later(op, r);
+                if (!m_armed && m_multishot && !m_hold && m_unread < queue_limit) arm(w); // keep accepting ahead
+                return;
+            }
+        }
+        m_hold = false; // someone waits: a fresh attempt, whatever failed before
+        op->m_where = accept_op::where::waiting;
+        op->m_wait_next = nullptr;
+        op->m_wait_prev = m_last;
+        if (m_last) m_last->m_wait_next = op;
+        else m_first = op;
+        m_last = op;
+        if (!m_armed && !arm(w)) { // closed, or shutting down
+            unlink(op);
+            w.complete_later(op, -ECANCELED);
+        }
+    }
+    /// unpark hook of accept_op: a waiting accept is cancelled.
+    void remove(accept_op* op, worker& w) noexcept {
+        if (op->m_where != accept_op::where::waiting) return; // its result is on its way already
+        unlink(op);
+        op->m_res = -ECANCELED;
+        w.complete(op);
+    }
+    /// close() of the listener, its mutex held: stop listening at once (the multishot accept holds its own
+    /// reference to the file) and close what was accepted for nobody.
+    void close_queued_locked(int listen_fd) noexcept {
+        ::shutdown(listen_fd, SHUT_RD); // a listening socket stops listening; its accepts end with EINVAL
+        for (std::size_t i = m_head; i < m_queue.size(); ++i) ::close(m_queue[i]);
+        m_queue.clear();
+        m_head = 0;
+    }
+
+private:
+    static void prep(operation* op, io_uring_sqe* sqe) noexcept {
+        auto* self = static_cast<acceptor*>(op);
+        if (self->m_multishot) io_uring_prep_multishot_accept(sqe, self->m_listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+        else io_uring_prep_accept(sqe, self->m_listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
+    }
+    static bool on_result(operation* op, worker& w) noexcept {
+        static_cast<acceptor*>(op)->handle(w);
+        return true; // never completed: it is nobody's awaiter
+    }
+    /// unpark hook of the acceptor itself: close() asked to cancel it (m_cancel is closed now).
+    static void on_close(operation* op, worker& w) noexcept {
+        auto* self = static_cast<acceptor*>(op);
+        self->m_closing = true;
+        if (!self->m_armed) {
+            self->finalize(w);
+        } else if (!self->m_cancelling) {
+            w.submit_cancel(self); // its last CQE finalizes
+            self->m_cancelling = true;
+        }
+    }
+    static void on_shutdown(resident* r, worker& w) noexcept {
+        auto* self = static_cast<acceptor*>(r);
+        if (self->m_armed && w.ctx().foreign_shutdown()) { // the ring cannot be entered: its CQEs are never read
+            self->m_armed = false;
+            w.forget_inflight();
+        }
+        if (!self->m_armed) self->try_finalize(w); // armed: the drain's cancel brings its last CQE
+    }
+    static constexpr vtable s_vtable{&prep, nullptr, &fd_of, 0, nullptr, nullptr, &on_result, nullptr, &on_close};
+
+    void handle(worker& w) noexcept {
+        const int res = m_res;
+        const bool last = !(m_cqe_flags & IORING_CQE_F_MORE);
+        if (last) {
+            m_armed = false;
+            m_cancelling = false;
+        }
+        if (res >= 0) {
+            m_delivered = true;
+            deliver(res, w);
+        } else if (res == -ECANCELED) {
+            // Our own cancel (queue full, close, shutdown), or the kernel's when the thread that submitted
+            // it exited: nothing to deliver; armed again below if an accept waits.
+        } else if (res == -EINVAL && m_multishot && !m_delivered && !m_closing) {
+            m_multishot = false; // a kernel before 5.19: a one-shot accept per waiting accept() from now on
+        } else {
+            fail(res, w); // EMFILE, ENFILE, ...
+        }
+        if (!last) {
+            if (m_unread >= queue_limit && !m_cancelling && !m_closing) { // nobody accepts: stop for now
+                w.submit_cancel(this);
+                m_cancelling = true;
+            }
+            return;
+        }
+        after_last(w);
+    }
+    /// No SQE in flight any more: arm again, stay idle, or end.
+    void after_last(worker& w) noexcept {
+        if (m_armed) return; // an accept delivered to re-armed it already
+        if (m_closing) finalize(w);
+        else if (w.ctx().shutting_down()) try_finalize(w);
+        else if (m_first || (m_multishot && !m_hold && m_unread < queue_limit)) arm(w);
+    }
+    /// An accepted descriptor: to the oldest waiting accept, else queued.
+    void deliver(int fd, worker& w) noexcept {
+        if (!m_closing) {
+            if (accept_op* op = m_first) {
+                unlink(op);
+                op->m_res = fd;
+                w.complete(op); // resumes it here (this acceptor stays: it is attached)
+                return;
+            }
+            std::lock_guard lock(m_sock->m_mutex);
+            if (!m_sock->m_closed) {
+                m_queue.push_back(fd);
+                m_unread = m_queue.size() - m_head;
+                return;
+            }
+        }
+        ::close(fd); // accepted after close()
+    }
+    /// An error ends the multishot accept: the oldest waiting accept gets it. With nobody waiting it is not
+    /// kept (it may be gone by the next accept(), e.g. EMFILE), but nothing is accepted ahead until an
+    /// accept() comes and tries afresh.
+    void fail(int res, worker& w) noexcept {
+        if (m_closing) return;
+        if (accept_op* op = m_first) {
+            unlink(op);
+            op->m_res = res;
+            w.complete(op);
+            return;
+        }
+        m_hold = true;
+    }
+    /// Arms the accept SQE (attaching and listing itself first). False if the listener is closed or the
+    /// context shuts down.
+    bool arm(worker& w) noexcept {
+        if (m_closing || w.ctx().shutting_down()) return false;
+        {
+            std::lock_guard lock(m_sock->m_mutex);
+            if (m_sock->m_closed || m_sock->m_fd == invalid_handle) return false;
+            if (!m_in_ops) {
+                m_sock->attach_locked(this);
+                m_in_ops = true;
+            }
+            m_listen_fd = m_sock->m_fd;
+        }
+        w.add_resident(this);
+        w.submit_op(this);
+        m_armed = true;
+        return true;
+    }
+    /// Shutdown: end now unless close() has a cancel request queued for it (its on_close ends it then).
+    void try_finalize(worker& w) noexcept {
+        std::uint8_t s = cancel_idle;
+        if (m_cancel.compare_exchange_strong(s, cancel_closed, std::memory_order_acq_rel) || s == cancel_closed)
+            finalize(w);
+    }
+    /// Nothing in flight and no cancel request queued: resume the waiting accepts with operation_aborted,
+    /// close the queued descriptors and let go of the socket (which may delete it, and this with it).
+    void finalize(worker& w) noexcept {
+        m_closing = true;
+        while (accept_op* op = m_first) {
+            unlink(op);
+            w.complete_later(op, -ECANCELED);
+        }
+        {
+            std::lock_guard lock(m_sock->m_mutex);
+            for (std::size_t i = m_head; i < m_queue.size(); ++i) ::close(m_queue[i]);
+            m_queue.clear();
+            m_head = 0;
+        }
+        m_unread = 0;
+        w.remove_resident(this);
+        if (m_in_ops) {
+            m_in_ops = false;
+            m_sock->detach(this); // last: may delete the socket_impl, which owns this
+        }
+    }
+    void unlink(accept_op* op) noexcept {
+        if (op->m_wait_prev) op->m_wait_prev->m_wait_next = op->m_wait_next;
+        else m_first = op->m_wait_next;
+        if (op->m_wait_next) op->m_wait_next->m_wait_prev = op->m_wait_prev;
+        else m_last = op->m_wait_prev;
+        op->m_wait_prev = op->m_wait_next = nullptr;
+        op->m_where = accept_op::where::nowhere;
+    }
+
+    // home worker only
+    accept_op* m_first = nullptr; // waiting accepts, oldest first
+    accept_op* m_last = nullptr;
+    std::size_t m_unread = 0;     // queued results as this thread last saw them (close() may drop them)
+    int m_listen_fd = -1;         // the fd the SQE was prepared with
+    bool m_armed = false;         // an accept SQE is in flight
+    bool m_multishot = true;      // false once the kernel refused IORING_ACCEPT_MULTISHOT
+    bool m_cancelling = false;    // an ASYNC_CANCEL of the armed SQE is on its way
+    bool m_closing = false;       // close() or shutdown: no more arming, descriptors are closed
+    bool m_delivered = false;     // the kernel has accepted at least once (so EINVAL is not "no multishot")
+    bool m_hold = false;          // the last attempt failed with nobody waiting: arm only for an accept()
+    bool m_in_ops = false;        // attached to the socket
+    // guarded by the socket's mutex
+    std::vector<int> m_queue;     // descriptors accepted for nobody yet, from m_head on
+    std::size_t m_head = 0;
+};
+
+inline worker& accept_op::acceptor_home(acceptor* a) noexcept { return a->home(); }
+
+inline void accept_op::park(operation* op, worker& w) noexcept {
+    auto* self = static_cast<accept_op*>(op);
+    acceptor* a = self->m_sock->m_acceptor.load(std::memory_order_acquire);
+    if (a && &a->home() == &w) {
+        a->add(self, w);
+    } else { // no acceptor on this worker: a one-shot accept of its own
+        self->m_where = where::in_kernel;
+        w.submit_op(op);
+    }
+}
+
+inline void accept_op::unpark(operation* op, worker& w) noexcept {
+    auto* self = static_cast<accept_op*>(op);
+    if (self->m_where == where::waiting) self->m_sock->m_acceptor.load(std::memory_order_acquire)->remove(self, w);
+    else if (self->m_where == where::in_kernel) w.submit_cancel(op);
+    // nowhere: its result was handed to it already and is on its way
+}
+
+inline acceptor* socket_impl::get_acceptor() noexcept {
+    if (acceptor* a = m_acceptor.load(std::memory_order_acquire)) return a;
+    std::lock_guard lock(m_mutex);
+    acceptor* a = m_acceptor.load(std::memory_order_relaxed);
+    if (!a && !m_closed && m_fd != invalid_handle) {
+        a = new (std::nothrow) acceptor(this, m_ctx.owner_for_new_op());
+        m_acceptor.store(a, std::memory_order_release);
+    }
+    return a;
+}
+
+inline socket_impl::~socket_impl() {
+    close();
+    delete m_acceptor.load(std::memory_order_relaxed);
+}
+
+inline void socket_impl::close_locked() noexcept {
+    if (m_fd == invalid_handle) return;
+    m_closed = true;
+    // Each op stays alive until it detaches under this lock, so request_cancel() is safe here.
+    for (socket_op* op = m_ops; op; op = op->m_next) op->request_cancel();
+    if (acceptor* a = m_acceptor.load(std::memory_order_relaxed)) a->close_queued_locked(m_fd);
+    ::close(m_fd); // io_uring holds its own file reference for what is in flight; the cancels end those
+    m_fd = invalid_handle;
+}
 
 } // namespace coport::detail::uring
