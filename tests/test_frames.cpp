@@ -149,7 +149,7 @@ TEST_CASE("guard-page frames: nothing touches a frame after publishing it to ano
         CHECK(g_live.load() == 0); // every frame freed
     }
     INFO("frames allocated through the guard allocator: " << g_frames.load());
-    CHECK(g_frames.load() > 2000); // the tasks above really went through it
+    CHECK(g_frames.load() > 1500); // the tasks above really went through it (send_all/recv_exact: no frame on Linux)
     CHECK(hopped.load() == 64);
     CHECK(sum.load() == 8L * (199 * 200 / 2));
     CHECK(aborted.load() == 100);

@@ -15,12 +15,66 @@
 #include <span>
 #include <stdexcept>
 #include <stop_token>
+#include <type_traits>
 #include <utility>
 
 namespace coport {
 
 /// Which direction(s) `shutdown` closes.
 enum class shutdown_type { receive = 0, send = 1, both = 2 };
+
+class stream_socket;
+
+namespace detail {
+/// A backend whose socket has one operation for send_all / recv_exact (io_uring and epoll); the others
+/// loop over send / recv in a coroutine.
+template <class Impl>
+concept has_transfer_all_op = requires { typename Impl::transfer_all_op; };
+
+/// Awaits a task it owns.
+template <class T>
+class owned_task_awaiter {
+public:
+    explicit owned_task_awaiter(task<T> t) noexcept : m_task(std::move(t)), m_awaiter(m_task.operator co_await()) {}
+    owned_task_awaiter(const owned_task_awaiter&) = delete;
+    owned_task_awaiter& operator=(const owned_task_awaiter&) = delete;
+    bool await_ready() const noexcept { return m_awaiter.await_ready(); }
+    [[gnu::noinline]] bool await_suspend(std::coroutine_handle<> h) noexcept { return m_awaiter.await_suspend(h); }
+    T await_resume() { return m_awaiter.await_resume(); }
+
+private:
+    task<T> m_task;
+    typename task<T>::awaiter m_awaiter;
+};
+
+/// What send_all (Send) and recv_exact return: an awaitable of `result<std::size_t>`, lazy like a task
+/// (nothing happens until it is awaited) and convertible to `task<result<std::size_t>>`.
+template <class Impl, bool Send>
+class [[nodiscard]] transfer_all {
+public:
+    using buffer_type = std::conditional_t<Send, const_buffer, mutable_buffer>;
+    transfer_all(stream_socket* s, buffer_type buf, std::stop_token st, std::size_t* count) noexcept
+        : m_sock(s), m_buf(buf), m_stop(std::move(st)), m_count(count) {}
+
+    auto operator co_await() && { return make(std::move(m_stop)); }
+    auto operator co_await() & { return make(m_stop); }
+    /// The same as a task (one coroutine frame).
+    operator task<result<std::size_t>>() && { return as_task(std::move(*this)); } // NOLINT: implicit on purpose
+
+private:
+    auto make(std::stop_token st);
+    static task<result<std::size_t>> as_task(transfer_all self) {
+        auto r = co_await std::move(self);
+        co_return r;
+    }
+    static task<result<std::size_t>> loop(stream_socket* s, buffer_type buf, std::stop_token st, std::size_t* count);
+
+    stream_socket* m_sock;
+    buffer_type m_buf;
+    std::stop_token m_stop;
+    std::size_t* m_count;
+};
+} // namespace detail
 
 /// A connected byte stream (base of tcp_socket and local::stream_socket).
 class stream_socket {
@@ -58,38 +112,21 @@ public:
         return msg_awaiter(&checked(), bufs, true, std::move(st));
     }
 
+    /// What send_all / recv_exact return: awaitables of `result<std::size_t>`, lazy like a task and
+    /// convertible to `task<result<std::size_t>>`. On Linux one operation that sends (receives) the
+    /// remainder from its own completion: no coroutine frame. On Windows a coroutine over send / recv.
+    using send_all_awaitable = detail::transfer_all<impl, true>;
+    using recv_exact_awaitable = detail::transfer_all<impl, false>;
+
     /// Sends every byte of `buf` (looping over partial sends). On error, the error; the bytes sent
     /// before it are in `*sent` when given (also when cancelled: what a cancel leaves behind).
-    task<result<std::size_t>> send_all(const_buffer buf, std::stop_token st = {}, std::size_t* sent = nullptr) {
-        std::size_t done = 0;
-        const auto* p = static_cast<const std::byte*>(buf.data);
-        while (done < buf.size) {
-            auto r = co_await send(const_buffer(p + done, buf.size - done), st);
-            if (!r) {
-                if (sent) *sent = done;
-                co_return unexpected(r.error());
-            }
-            done += *r;
-        }
-        if (sent) *sent = done;
-        co_return done;
+    send_all_awaitable send_all(const_buffer buf, std::stop_token st = {}, std::size_t* sent = nullptr) noexcept {
+        return send_all_awaitable(this, buf, std::move(st), sent);
     }
     /// Receives exactly `buf.size` bytes. EOF before that: `errc::eof` (the bytes received so far are
     /// in `*received` when given).
-    task<result<std::size_t>> recv_exact(mutable_buffer buf, std::stop_token st = {}, std::size_t* received = nullptr) {
-        std::size_t done = 0;
-        auto* p = static_cast<std::byte*>(buf.data);
-        while (done < buf.size) {
-            auto r = co_await recv(mutable_buffer(p + done, buf.size - done), st);
-            if (!r || *r == 0) {
-                if (received) *received = done;
-                if (!r) co_return unexpected(r.error());
-                co_return unexpected(make_error_code(error::eof));
-            }
-            done += *r;
-        }
-        if (received) *received = done;
-        co_return done;
+    recv_exact_awaitable recv_exact(mutable_buffer buf, std::stop_token st = {}, std::size_t* received = nullptr) noexcept {
+        return recv_exact_awaitable(this, buf, std::move(st), received);
     }
 
     /// Shuts down one or both directions (send: the peer's recv then sees EOF).
@@ -119,6 +156,9 @@ public:
     }
 
 protected:
+    template <class, bool>
+    friend class detail::transfer_all;
+
     stream_socket() noexcept = default;
     explicit stream_socket(io_context& ctx) noexcept : m_ctx(&ctx) {}
     stream_socket(io_context& ctx, detail::backend::socket_ptr s) noexcept : m_ctx(&ctx), m_impl(std::move(s)) {}
@@ -153,6 +193,43 @@ protected:
 };
 
 namespace detail {
+template <class Impl, bool Send>
+auto transfer_all<Impl, Send>::make(std::stop_token st) {
+    if constexpr (has_transfer_all_op<Impl>) {
+        // A buffer of 0 bytes touches nothing, not even the socket (as the loop never did).
+        Impl* impl = m_buf.size ? &m_sock->checked() : nullptr;
+        return typename Impl::transfer_all_op(impl, const_cast<void*>(static_cast<const void*>(m_buf.data)), m_buf.size,
+                                              Send, std::move(st), m_count);
+    } else {
+        return owned_task_awaiter<result<std::size_t>>(loop(m_sock, m_buf, std::move(st), m_count));
+    }
+}
+
+template <class Impl, bool Send>
+task<result<std::size_t>> transfer_all<Impl, Send>::loop(stream_socket* s, buffer_type buf, std::stop_token st,
+                                                         std::size_t* count) {
+    std::size_t done = 0;
+    auto* p = static_cast<std::conditional_t<Send, const std::byte, std::byte>*>(buf.data);
+    while (done < buf.size) {
+        result<std::size_t> r = std::size_t{0};
+        if constexpr (Send) r = co_await s->send(const_buffer(p + done, buf.size - done), st);
+        else r = co_await s->recv(mutable_buffer(p + done, buf.size - done), st);
+        if (!r || *r == 0) {
+            if (!Send && r) { // EOF
+                if (count) *count = done;
+                co_return unexpected(make_error_code(error::eof));
+            }
+            if (!r) {
+                if (count) *count = done;
+                co_return unexpected(r.error());
+            }
+        }
+        done += *r;
+    }
+    if (count) *count = done;
+    co_return done;
+}
+
 /// Awaiter of connect(): opens the socket first if needed; an open failure completes it at once.
 class connect_awaiter : public backend::connect_op {
 public:

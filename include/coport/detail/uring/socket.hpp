@@ -13,6 +13,9 @@
 // wait there (parked, not in the kernel) and each takes the next accepted descriptor; descriptors that
 // arrive while nobody waits are queued (up to acceptor::queue_limit, then the multishot is cancelled and
 // armed again when an accept() comes). close() closes the queued descriptors.
+//
+// send_all / recv_exact are one operation each (transfer_all_op) that resubmits the remainder from its own
+// completion, on the worker, without resuming the coroutine in between.
 #if !defined(__linux__)
 #error "coport/detail/uring is the Linux backend"
 #endif
@@ -23,8 +26,10 @@
 #include <coport/net/address.hpp>
 #include <coport/result.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <climits>
 #include <cstddef>
 #include <memory>
 #include <mutex>
@@ -41,6 +46,7 @@ class socket_op;
 class socket_impl;
 class acceptor;
 class accept_op;
+class transfer_all_op;
 
 /// Deletes a socket_impl once no operation refers to it any more (see socket_impl::release).
 struct socket_deleter {
@@ -51,6 +57,9 @@ using socket_ptr = std::unique_ptr<socket_impl, socket_deleter>;
 /// What is shared by a socket object and its operations.
 class socket_impl {
 public:
+    /// stream.hpp's send_all / recv_exact use it (on this backend: one operation, no coroutine).
+    using transfer_all_op = uring::transfer_all_op;
+
     socket_impl(context& ctx, native_handle_type fd) noexcept : m_ctx(ctx), m_fd(fd) {}
     socket_impl(const socket_impl&) = delete;
     socket_impl& operator=(const socket_impl&) = delete;
@@ -738,5 +747,64 @@ inline void socket_impl::close_locked() noexcept {
     ::close(m_fd); // io_uring holds its own file reference for what is in flight; the cancels end those
     m_fd = invalid_handle;
 }
+
+/// send_all / recv_exact: every byte of one buffer, in one operation that resubmits the remainder from its
+/// own completion (on the worker; the coroutine resumes once, at the end). The bytes transferred go to
+/// `*count` (when given) in every outcome. A cancel request stops it after the transfer in flight:
+/// operation_aborted unless that completed the buffer.
+class transfer_all_op : public socket_op {
+public:
+    transfer_all_op(socket_impl* s, void* data, std::size_t size, bool is_send, std::stop_token st,
+                    std::size_t* count) noexcept
+        : socket_op(is_send ? &s_send_vtable : &s_recv_vtable, s, std::move(st)),
+          m_data(static_cast<std::byte*>(data)), m_size(size), m_count(count) {}
+    bool await_ready() const noexcept { return m_size == 0; }
+    result<std::size_t> await_resume() noexcept {
+        const int r = finish();
+        if (m_count) *m_count = m_done;
+        if (m_done == m_size) return m_size;
+        if (r < 0) return unexpected(error_of(r));
+        if (r == 0 && m_vt == &s_recv_vtable) return unexpected(make_error_code(coport::error::eof));
+        return unexpected(error_of(-ECANCELED)); // stopped by a cancel request with bytes left
+    }
+
+private:
+    [[nodiscard]] unsigned chunk() const noexcept {
+        return static_cast<unsigned>(std::min<std::size_t>(m_size - m_done, std::size_t{1} << 30));
+    }
+    static void prep_send(operation* op, io_uring_sqe* sqe) noexcept {
+        auto* self = static_cast<transfer_all_op*>(op);
+        io_uring_prep_send(sqe, self->fd(), self->m_data + self->m_done, self->chunk(), MSG_NOSIGNAL);
+    }
+    static void prep_recv(operation* op, io_uring_sqe* sqe) noexcept {
+        auto* self = static_cast<transfer_all_op*>(op);
+        io_uring_prep_recv(sqe, self->fd(), self->m_data + self->m_done, self->chunk(), 0);
+    }
+    static int perform_send(operation* op) noexcept {
+        auto* self = static_cast<transfer_all_op*>(op);
+        return sys(::send(self->fd(), self->m_data + self->m_done, self->chunk(), MSG_NOSIGNAL | MSG_DONTWAIT));
+    }
+    static int perform_recv(operation* op) noexcept {
+        auto* self = static_cast<transfer_all_op*>(op);
+        return sys(::recv(self->fd(), self->m_data + self->m_done, self->chunk(), MSG_DONTWAIT));
+    }
+    static bool on_result(operation* op, worker& w) noexcept {
+        auto* self = static_cast<transfer_all_op*>(op);
+        const int r = self->m_res;
+        if (r > 0) self->m_done += static_cast<std::size_t>(r);
+        if (r < 0 || self->m_done == self->m_size) return false;
+        if (r == 0 && self->m_vt == &s_recv_vtable) return false; // EOF
+        if (self->m_cancel.load(std::memory_order_acquire) != cancel_idle) return false; // cancel (or close) asked
+        w.resubmit(self);
+        return true;
+    }
+    static constexpr vtable s_send_vtable{&prep_send, &perform_send, &fd_of, EPOLLOUT, nullptr, nullptr, &on_result};
+    static constexpr vtable s_recv_vtable{&prep_recv, &perform_recv, &fd_of, EPOLLIN, nullptr, nullptr, &on_result};
+
+    std::byte* m_data;
+    std::size_t m_size;
+    std::size_t m_done = 0;
+    std::size_t* m_count;
+};
 
 } // namespace coport::detail::uring
