@@ -220,7 +220,8 @@ coport::task<void> session(coport::tcp_socket s) {
             conn.received(*n);
             continue;
         }
-        // A plain send loop rather than send_all(): send_all is a task, i.e. a frame allocation per call.
+        // A plain send loop over send(), to show what send_all() does (on Linux it is one operation that
+        // resends the remainder itself; on Windows a coroutine over send()).
         std::string& out = conn.output();
         std::size_t done = 0;
         while (done < out.size()) {
