@@ -225,6 +225,8 @@ public:
     std::size_t loop(mode m);
     /// Shutdown: cancel everything and complete it; true while anything is left.
     bool drain_turn();
+    /// Shutdown: every timer still waiting resumes with ECANCELED.
+    void abort_timers() noexcept;
 
     timer_heap& timers() noexcept { return m_timers; }
 
@@ -743,6 +745,14 @@ inline std::size_t worker::turn() {
     return n;
 }
 
+inline void worker::abort_timers() noexcept {
+    while (timer_node* t = m_timers.pop()) {
+        auto* op = static_cast<timer_op*>(t);
+        op->m_res = -ECANCELED;
+        complete(op);
+    }
+}
+
 inline bool worker::drain_turn() {
     for (resident* r = m_residents; r;) {
         resident* next = r->m_next; // the hook may remove r (and free it)
@@ -751,11 +761,7 @@ inline bool worker::drain_turn() {
     }
     if (uses_epoll()) {
         epoll_abort_all();
-        while (timer_node* t = m_timers.pop()) {
-            auto* op = static_cast<timer_op*>(t);
-            op->m_res = -ECANCELED;
-            complete(op);
-        }
+        abort_timers();
         turn();
         return has_work();
     }
@@ -768,11 +774,7 @@ inline bool worker::drain_turn() {
             std::abort();
         }
         m_wake_armed = false;
-        while (timer_node* t = m_timers.pop()) {
-            auto* op = static_cast<timer_op*>(t);
-            op->m_res = -ECANCELED;
-            complete(op);
-        }
+        abort_timers();
         turn();
         return has_work();
     }
@@ -788,11 +790,7 @@ inline bool worker::drain_turn() {
         io_uring_sqe_set_data64(sqe, udata_ignore);
         m_cancel_all_sent = true;
     }
-    while (timer_node* t = m_timers.pop()) {
-        auto* op = static_cast<timer_op*>(t);
-        op->m_res = -ECANCELED;
-        complete(op);
-    }
+    abort_timers();
     turn();
     bool more = has_work() || m_wake_armed;
     if (more && m_local.empty() && (m_inflight > 0 || m_wake_armed)) {
