@@ -14,7 +14,8 @@
 /// - `cancel()` may be called from any thread; it ends the wait in progress, if any: that wait resumes
 ///   with `errc::operation_aborted` on a thread running the context, never inside cancel(). A wait that
 ///   has already fired (its completion is on its way) is not turned into an error. cancel() with no wait
-///   in progress does nothing: it does not affect the next wait. Returns how many waits it cancelled (0/1).
+///   in progress does nothing: it does not affect the next wait. Returns 1 if a wait was in progress (it
+///   was asked to end; it may still succeed if it had fired already), else 0.
 /// - The timer must outlive its wait; destroying the io_context ends a wait in progress with
 ///   `errc::operation_aborted`, like every operation.
 /// - The wait resumes on a thread running the context (the one that started it, on io_uring/epoll).
@@ -44,7 +45,7 @@ public:
     [[nodiscard]] detail::backend::sleep_awaiter wait_until(clock::time_point tp, std::stop_token st = {}) noexcept {
         return detail::backend::sleep_awaiter(m_ctx->native(), tp, std::move(st), &m_slot);
     }
-    /// Ends the wait in progress (any thread); returns 1 if there was one, else 0.
+    /// Ends the wait in progress (any thread); returns 1 if there was one (it may have fired already), else 0.
     std::size_t cancel() noexcept { return m_slot.cancel(); }
 
     [[nodiscard]] io_context& context() const noexcept { return *m_ctx; }
