@@ -48,7 +48,7 @@ coport_flavour_args() {
                 "-DCMAKE_CXX_FLAGS_DEBUG=-O0 -g" -DCOPORT_SANITIZE=address,undefined) ;;
         clang-release)
             COPORT_CMAKE_ARGS+=(-DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Release
-                "-DCMAKE_CXX_FLAGS_RELEASE=-O2 -DNDEBUG" -DCOPORT_SANITIZE=) ;;
+                "-DCMAKE_CXX_FLAGS_RELEASE=-O2 -DNDEBUG" -DCOPORT_SANITIZE= -DCOPORT_SEPARATE_COMPILATION=ON) ;;
         clang-tsan)
             COPORT_CMAKE_ARGS+=(-DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=Debug
                 "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g" -DCOPORT_SANITIZE=thread) ;;
@@ -57,7 +57,7 @@ coport_flavour_args() {
                 -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O0 -g") ;;
         mingw-release)
             COPORT_CMAKE_ARGS+=("-DCMAKE_TOOLCHAIN_FILE=$COPORT_REPO/cmake/toolchain-mingw-w64.cmake"
-                -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS_RELEASE=-O2 -DNDEBUG") ;;
+                -DCMAKE_BUILD_TYPE=Release "-DCMAKE_CXX_FLAGS_RELEASE=-O2 -DNDEBUG" -DCOPORT_SEPARATE_COMPILATION=ON) ;;
         *)
             echo "unknown flavour '$1' (known: ${COPORT_FLAVOURS[*]})" >&2
             return 1 ;;

@@ -10,6 +10,8 @@
 /// `coport::error` holds the codes that the library itself produces (end of stream, resolver failures,
 /// a cancelled or timed-out operation); each of them also compares equal to its `errc` condition.
 
+#include <coport/detail/config.hpp>
+
 #include <string>
 #include <system_error>
 
@@ -80,6 +82,7 @@ struct std::is_error_code_enum<coport::error> : std::true_type {};
 template <>
 struct std::is_error_condition_enum<coport::errc> : std::true_type {};
 
+#if COPORT_DEFINE_ENGINE // see coport/detail/config.hpp
 namespace coport {
 namespace detail {
 class coport_error_category final : public std::error_category {
@@ -182,15 +185,16 @@ public:
 };
 } // namespace detail
 
-inline const std::error_category& error_category() noexcept {
+COPORT_DECL const std::error_category& error_category() noexcept {
     static const detail::coport_error_category c;
     return c;
 }
-inline const std::error_category& condition_category() noexcept {
+COPORT_DECL const std::error_category& condition_category() noexcept {
     static const detail::coport_condition_category c;
     return c;
 }
 } // namespace coport
+#endif // COPORT_DEFINE_ENGINE
 
 // The backend's native mapping (detail::native_category / native_condition) completes this header.
 #include <coport/detail/backend.hpp>

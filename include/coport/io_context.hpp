@@ -247,33 +247,13 @@ public:
         unsigned n = std::thread::hardware_concurrency();
         return n ? 2 * n : 2;
     }
-    explicit thread_pool_runner(io_context& ctx, unsigned threads = default_threads()) : m_guard(std::in_place, ctx) {
-        m_threads.reserve(threads);
-        for (unsigned i = 0; i < threads; ++i)
-            m_threads.emplace_back([this, &ctx] {
-                try {
-                    ctx.run();
-                } catch (...) {
-                    std::lock_guard lock(m_mutex);
-                    if (!m_exception) m_exception = std::current_exception();
-                }
-            });
-    }
+    explicit thread_pool_runner(io_context& ctx, unsigned threads = default_threads());
     thread_pool_runner(const thread_pool_runner&) = delete;
     thread_pool_runner& operator=(const thread_pool_runner&) = delete;
-    ~thread_pool_runner() {
-        m_guard.reset();
-        for (auto& t : m_threads)
-            if (t.joinable()) t.join();
-    }
+    ~thread_pool_runner();
     /// Releases the pool's work_guard and waits for every thread's run() to return; rethrows the first
     /// exception one of them threw.
-    void join() {
-        m_guard.reset();
-        for (auto& t : m_threads)
-            if (t.joinable()) t.join();
-        if (m_exception) std::rethrow_exception(std::exchange(m_exception, nullptr));
-    }
+    void join();
     [[nodiscard]] std::size_t size() const noexcept { return m_threads.size(); }
 
 private:
@@ -282,5 +262,33 @@ private:
     std::mutex m_mutex;
     std::exception_ptr m_exception;
 };
+
+#if COPORT_DEFINE_ENGINE // see coport/detail/config.hpp
+COPORT_DECL thread_pool_runner::thread_pool_runner(io_context& ctx, unsigned threads) : m_guard(std::in_place, ctx) {
+    m_threads.reserve(threads);
+    for (unsigned i = 0; i < threads; ++i)
+        m_threads.emplace_back([this, &ctx] {
+            try {
+                ctx.run();
+            } catch (...) {
+                std::lock_guard lock(m_mutex);
+                if (!m_exception) m_exception = std::current_exception();
+            }
+        });
+}
+
+COPORT_DECL thread_pool_runner::~thread_pool_runner() {
+    m_guard.reset();
+    for (auto& t : m_threads)
+        if (t.joinable()) t.join();
+}
+
+COPORT_DECL void thread_pool_runner::join() {
+    m_guard.reset();
+    for (auto& t : m_threads)
+        if (t.joinable()) t.join();
+    if (m_exception) std::rethrow_exception(std::exchange(m_exception, nullptr));
+}
+#endif // COPORT_DEFINE_ENGINE
 
 } // namespace coport

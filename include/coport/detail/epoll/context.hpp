@@ -16,9 +16,10 @@
 
 #include <algorithm>
 
+#if COPORT_DEFINE_ENGINE // see coport/detail/config.hpp
 namespace coport::detail::uring {
 
-inline void worker::epoll_init() {
+COPORT_DECL void worker::epoll_init() {
     m_epfd = ::epoll_create1(EPOLL_CLOEXEC);
     if (m_epfd < 0) throw std::system_error(last_error(), "epoll_create1");
     epoll_event ev{};
@@ -32,7 +33,7 @@ inline void worker::epoll_init() {
     }
 }
 
-inline void worker::epoll_start(operation* op) noexcept {
+COPORT_DECL void worker::epoll_start(operation* op) noexcept {
     int r = op->m_vt->perform(op);
     if (r != -EAGAIN) { // done at once (or failed): resumed from the loop, never inside await_suspend
         complete_later(op, r);
@@ -61,7 +62,7 @@ inline void worker::epoll_start(operation* op) noexcept {
     ++m_inflight;
 }
 
-inline bool worker::epoll_cancel(operation* op) noexcept {
+COPORT_DECL bool worker::epoll_cancel(operation* op) noexcept {
     const int fd = op->m_parked_fd;
     if (fd < 0 || static_cast<std::size_t>(fd) >= m_entries.size()) return false;
     epoll_entry& e = m_entries[static_cast<std::size_t>(fd)];
@@ -79,7 +80,7 @@ inline bool worker::epoll_cancel(operation* op) noexcept {
     return false; // already completed: its result is on its way
 }
 
-inline std::size_t worker::epoll_run_queue(int fd, bool writers, std::size_t budget) {
+COPORT_DECL std::size_t worker::epoll_run_queue(int fd, bool writers, std::size_t budget) {
     std::size_t n = 0;
     while (n < budget) {
         // Re-index every time: a completion may park operations on other descriptors and grow m_entries.
@@ -99,14 +100,14 @@ inline std::size_t worker::epoll_run_queue(int fd, bool writers, std::size_t bud
     return n;
 }
 
-inline void worker::epoll_wait_events(int timeout_ms) {
+COPORT_DECL void worker::epoll_wait_events(int timeout_ms) {
     if (m_next_event < m_nevents) return; // events of the last wait are still being handled
     int n = ::epoll_wait(m_epfd, m_events.data(), static_cast<int>(m_events.size()), timeout_ms);
     m_nevents = n > 0 ? n : 0;
     m_next_event = 0;
 }
 
-inline std::size_t worker::epoll_reap(std::size_t budget) {
+COPORT_DECL std::size_t worker::epoll_reap(std::size_t budget) {
     std::size_t handled = 0;
     while (m_next_event < m_nevents && handled < budget) {
         const epoll_event ev = m_events[static_cast<std::size_t>(m_next_event++)];
@@ -124,7 +125,7 @@ inline std::size_t worker::epoll_reap(std::size_t budget) {
     return handled;
 }
 
-inline void worker::epoll_abort_all() noexcept {
+COPORT_DECL void worker::epoll_abort_all() noexcept {
     for (std::size_t fd = 0; fd < m_entries.size(); ++fd)
         for (bool writers : {false, true})
             for (;;) { // index anew each time: completions may grow m_entries
@@ -140,3 +141,4 @@ inline void worker::epoll_abort_all() noexcept {
 }
 
 } // namespace coport::detail::uring
+#endif // COPORT_DEFINE_ENGINE

@@ -14,6 +14,7 @@
 #error "coport/detail/iocp is the Windows backend"
 #endif
 
+#include <coport/detail/config.hpp>
 #include <coport/detail/context_base.hpp>
 #include <coport/detail/stop_registration.hpp>
 #include <coport/detail/iocp/error.hpp>
@@ -415,10 +416,12 @@ inline void operation::run_node(work_item* w) noexcept {
 
 inline void timer_op::cancel(operation* op) noexcept { op->m_ctx->cancel_timer(static_cast<timer_op*>(op)); }
 
+#if COPORT_DEFINE_ENGINE // the engine: compiled in every file (header-only) or once (coport/impl/src.hpp)
+
 // ---------------------------------------------------------------------------------------------------------
 // context
 
-inline context::context(const io_context_options& opts) {
+COPORT_DECL context::context(const io_context_options& opts) {
     if (opts.backend == backend_kind::io_uring || opts.backend == backend_kind::epoll)
         throw std::system_error(make_error_code(error::backend_unavailable),
                                 "io_uring and epoll are Linux backends; Windows uses IOCP");
@@ -426,12 +429,12 @@ inline context::context(const io_context_options& opts) {
     if (!m_port) throw std::system_error(last_error(), "CreateIoCompletionPort");
 }
 
-inline context::~context() {
+COPORT_DECL context::~context() {
     shutdown();
     ::CloseHandle(m_port);
 }
 
-inline void context::enqueue(work_item* w) noexcept {
+COPORT_DECL void context::enqueue(work_item* w) noexcept {
     if (::PostQueuedCompletionStatus(m_port, 0, key_work, reinterpret_cast<LPOVERLAPPED>(w))) return;
     // Out of resources: keep the item; threads drain this queue on every turn (and wake for it within
     // heartbeat_ms at the latest).
@@ -440,7 +443,7 @@ inline void context::enqueue(work_item* w) noexcept {
     m_fallback_pending.store(true, std::memory_order_release);
 }
 
-inline std::size_t context::run_fallback(std::size_t budget) noexcept {
+COPORT_DECL std::size_t context::run_fallback(std::size_t budget) noexcept {
     if (!m_fallback_pending.load(std::memory_order_acquire)) return 0;
     work_queue batch;
     {
@@ -463,12 +466,12 @@ inline std::size_t context::run_fallback(std::size_t budget) noexcept {
     return n;
 }
 
-inline void context::update_earliest() noexcept {
+COPORT_DECL void context::update_earliest() noexcept {
     timer_node* t = m_timers.top();
     m_earliest.store(t ? t->m_deadline.time_since_epoch().count() : no_deadline, std::memory_order_release);
 }
 
-inline void context::start_timer(timer_op* t) noexcept {
+COPORT_DECL void context::start_timer(timer_op* t) noexcept {
     t->m_ctx = this;
     work_started();
     bool aborted = false, earliest = false;
@@ -496,7 +499,7 @@ inline void context::start_timer(timer_op* t) noexcept {
     if (earliest && m_threads.load(std::memory_order_acquire) > (running_in_this_thread() ? 1u : 0u)) post_wake();
 }
 
-inline void context::cancel_timer(timer_op* t) noexcept {
+COPORT_DECL void context::cancel_timer(timer_op* t) noexcept {
     {
         std::lock_guard lock(m_timer_mutex);
         if (!t->queued()) return; // fired (being resumed) or aborted by the shutdown drain
@@ -507,7 +510,7 @@ inline void context::cancel_timer(timer_op* t) noexcept {
     post_completion(t); // resumed from the port, never inside the stop callback
 }
 
-inline std::size_t context::fire_timers(std::size_t budget) noexcept {
+COPORT_DECL std::size_t context::fire_timers(std::size_t budget) noexcept {
     if (m_earliest.load(std::memory_order_acquire) > clock::now().time_since_epoch().count()) return 0;
     std::array<timer_op*, max_batch> due;
     std::size_t n = 0;
@@ -534,7 +537,7 @@ inline std::size_t context::fire_timers(std::size_t budget) noexcept {
     return n;
 }
 
-inline DWORD context::wait_timeout(bool until) const noexcept {
+COPORT_DECL DWORD context::wait_timeout(bool until) const noexcept {
     if (m_fallback_pending.load(std::memory_order_acquire)) return 0;
     DWORD ms = until ? run_until_ms : heartbeat_ms;
     const clock::rep e = m_earliest.load(std::memory_order_acquire);
@@ -548,7 +551,7 @@ inline DWORD context::wait_timeout(bool until) const noexcept {
     return ms;
 }
 
-inline void context::complete_io(operation* op, DWORD bytes) noexcept {
+COPORT_DECL void context::complete_io(operation* op, DWORD bytes) noexcept {
     op->m_bytes = bytes;
     op->m_error = ntstatus_to_win32(static_cast<LONG>(op->m_ov.Internal));
     const std::uint8_t s = op->m_state.exchange(op_done, std::memory_order_acq_rel);
@@ -562,7 +565,7 @@ inline void context::complete_io(operation* op, DWORD bytes) noexcept {
     work_finished();
 }
 
-inline std::size_t context::dispatch(const OVERLAPPED_ENTRY* e, ULONG n) noexcept {
+COPORT_DECL std::size_t context::dispatch(const OVERLAPPED_ENTRY* e, ULONG n) noexcept {
     std::size_t handled = 0;
     unsigned wakes = 0;
     for (ULONG i = 0; i < n; ++i) {
@@ -589,7 +592,7 @@ inline std::size_t context::dispatch(const OVERLAPPED_ENTRY* e, ULONG n) noexcep
     return handled;
 }
 
-inline std::size_t context::run_loop(mode m, const std::atomic<bool>* until) {
+COPORT_DECL std::size_t context::run_loop(mode m, const std::atomic<bool>* until) {
     context*& slot = current_context_slot();
     if (slot == this) throw std::logic_error("coport: io_context::run() called from one of its own handlers");
     m_threads.fetch_add(1, std::memory_order_acq_rel); // before reading the stop flag: stop() must count us
@@ -637,7 +640,7 @@ inline std::size_t context::run_loop(mode m, const std::atomic<bool>* until) {
     return total;
 }
 
-inline void context::abort_timers() noexcept {
+COPORT_DECL void context::abort_timers() noexcept {
     for (;;) {
         std::array<timer_op*, max_batch> due;
         std::size_t n = 0;
@@ -660,12 +663,12 @@ inline void context::abort_timers() noexcept {
     }
 }
 
-inline void context::cancel_registered_handles() noexcept {
+COPORT_DECL void context::cancel_registered_handles() noexcept {
     std::lock_guard lock(m_handles_mutex);
     for (registered_handle* e = m_handles; e; e = e->m_next) ::CancelIoEx(e->m_handle, nullptr);
 }
 
-inline void context::shutdown() noexcept {
+COPORT_DECL void context::shutdown() noexcept {
     m_shutdown.store(true, std::memory_order_release);
     context*& slot = current_context_slot();
     context* prev = slot;
@@ -686,5 +689,7 @@ inline void context::shutdown() noexcept {
     }
     slot = prev;
 }
+
+#endif // COPORT_DEFINE_ENGINE
 
 } // namespace coport::detail::iocp

@@ -25,6 +25,7 @@
 #error "coport/detail/uring is the Linux backend"
 #endif
 
+#include <coport/detail/config.hpp>
 #include <coport/detail/context_base.hpp>
 #include <coport/detail/uring/error.hpp>
 
@@ -395,10 +396,12 @@ private:
     std::string try_io_uring();
 };
 
+#if COPORT_DEFINE_ENGINE // the engine: compiled in every file (header-only) or once (coport/impl/src.hpp)
+
 // ---------------------------------------------------------------------------------------------------------
 // operation
 
-inline void operation::request_cancel() noexcept {
+COPORT_DECL void operation::request_cancel() noexcept {
     std::uint8_t expected = cancel_idle;
     if (m_cancel.compare_exchange_strong(expected, cancel_queued, std::memory_order_acq_rel)) {
         // On the owning worker's own thread (the common case: a coroutine cancels its sibling) the local
@@ -408,12 +411,12 @@ inline void operation::request_cancel() noexcept {
     }
 }
 
-inline void operation::run_start(work_item* w) noexcept {
+COPORT_DECL void operation::run_start(work_item* w) noexcept {
     operation* op = static_cast<node*>(w)->m_op;
     op->m_worker->start(op);
 }
 
-inline void operation::run_cancel(work_item* w) noexcept {
+COPORT_DECL void operation::run_cancel(work_item* w) noexcept {
     operation* op = static_cast<node*>(w)->m_op;
     worker& wk = *op->m_worker;
     if (op->m_done) {
@@ -432,7 +435,7 @@ inline void operation::run_cancel(work_item* w) noexcept {
 // ---------------------------------------------------------------------------------------------------------
 // worker
 
-inline worker::worker(context& ctx, unsigned index) : m_index(index), m_ctx(ctx) {
+COPORT_DECL worker::worker(context& ctx, unsigned index) : m_index(index), m_ctx(ctx) {
     m_wake_fd = ::eventfd(0, EFD_CLOEXEC);
     if (m_wake_fd < 0) throw std::system_error(last_error(), "eventfd");
     if (ctx.m_use_epoll) {
@@ -456,13 +459,13 @@ inline worker::worker(context& ctx, unsigned index) : m_index(index), m_ctx(ctx)
     m_cq_capacity = p.cq_entries;
 }
 
-inline worker::~worker() {
+COPORT_DECL worker::~worker() {
     if (uses_epoll()) ::close(m_epfd);
     else io_uring_queue_exit(&m_ring);
     ::close(m_wake_fd);
 }
 
-inline void worker::arm_wake() {
+COPORT_DECL void worker::arm_wake() {
     if (m_wake_armed || uses_epoll()) return; // epoll: the eventfd is in the interest set for good
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_read(sqe, m_wake_fd, &m_wake_buf, sizeof m_wake_buf, 0);
@@ -470,7 +473,7 @@ inline void worker::arm_wake() {
     m_wake_armed = true;
 }
 
-inline void worker::post_remote(work_item* w) noexcept {
+COPORT_DECL void worker::post_remote(work_item* w) noexcept {
     bool wake;
     {
         std::lock_guard lock(m_mutex);
@@ -485,14 +488,14 @@ inline void worker::post_remote(work_item* w) noexcept {
     }
 }
 
-inline void worker::take_remote() {
+COPORT_DECL void worker::take_remote() {
     if (!m_remote_hint.load(std::memory_order_relaxed)) return;
     std::lock_guard lock(m_mutex);
     m_local.splice(m_remote);
     m_remote_hint.store(false, std::memory_order_relaxed);
 }
 
-inline void worker::start(operation* op) noexcept {
+COPORT_DECL void worker::start(operation* op) noexcept {
     if (op->m_cancelled_early || m_ctx.shutting_down()) {
         complete_later(op, -ECANCELED);
         return;
@@ -505,21 +508,21 @@ inline void worker::start(operation* op) noexcept {
     dispatch(op);
 }
 
-inline void worker::dispatch(operation* op) noexcept {
+COPORT_DECL void worker::dispatch(operation* op) noexcept {
     if (op->m_vt->arm) op->m_vt->arm(op, *this);
     else if (uses_epoll()) epoll_start(op);
     else if (op->m_vt->park) op->m_vt->park(op, *this);
     else submit_op(op);
 }
 
-inline void worker::cancel(operation* op) noexcept {
+COPORT_DECL void worker::cancel(operation* op) noexcept {
     if (op->m_vt->disarm) op->m_vt->disarm(op, *this);
     else if (uses_epoll()) epoll_cancel(op);
     else if (op->m_vt->unpark) op->m_vt->unpark(op, *this);
     else submit_cancel(op);
 }
 
-inline void worker::complete_later(operation* op, int res) noexcept {
+COPORT_DECL void worker::complete_later(operation* op, int res) noexcept {
     op->m_res = res;
     op->m_started = true;
     op->m_start_node.m_run = [](work_item* w) noexcept {
@@ -529,7 +532,7 @@ inline void worker::complete_later(operation* op, int res) noexcept {
     m_local.push(&op->m_start_node);
 }
 
-inline void worker::complete(operation* op) noexcept {
+COPORT_DECL void worker::complete(operation* op) noexcept {
     if (op->m_vt->on_result && !op->m_done && op->m_vt->on_result(op, *this)) return; // still in flight
     op->m_done = true;
     std::uint8_t s = op->m_cancel.load(std::memory_order_acquire);
@@ -542,7 +545,7 @@ inline void worker::complete(operation* op) noexcept {
     ctx.work_finished();
 }
 
-inline void worker::submit_pending() {
+COPORT_DECL void worker::submit_pending() {
     if (uses_epoll()) return;
     for (;;) {
         int r = io_uring_submit(&m_ring);
@@ -558,7 +561,7 @@ inline void worker::submit_pending() {
     }
 }
 
-inline std::size_t worker::reap(std::size_t budget) {
+COPORT_DECL std::size_t worker::reap(std::size_t budget) {
     if (uses_epoll()) return epoll_reap(budget);
     struct entry {
         std::uint64_t data;
@@ -602,7 +605,7 @@ inline std::size_t worker::reap(std::size_t budget) {
     return handled;
 }
 
-inline std::size_t worker::run_local(std::size_t budget) {
+COPORT_DECL std::size_t worker::run_local(std::size_t budget) {
     std::size_t n = 0;
     // Only what is queued now: items that these handlers queue wait for the next turn, after I/O.
     work_queue batch = std::move(m_local);
@@ -621,7 +624,7 @@ inline std::size_t worker::run_local(std::size_t budget) {
     return n;
 }
 
-inline std::size_t worker::fire_timers(std::size_t budget) {
+COPORT_DECL std::size_t worker::fire_timers(std::size_t budget) {
     if (m_timers.empty()) return 0;
     std::size_t n = 0;
     const auto now = clock::now();
@@ -637,7 +640,7 @@ inline std::size_t worker::fire_timers(std::size_t budget) {
     return n;
 }
 
-inline void worker::wake() noexcept {
+COPORT_DECL void worker::wake() noexcept {
     bool wake;
     {
         std::lock_guard lock(m_mutex);
@@ -650,13 +653,13 @@ inline void worker::wake() noexcept {
     }
 }
 
-inline void worker::flush() {
+COPORT_DECL void worker::flush() {
     if (uses_epoll()) return;
     if (io_uring_sq_ready(&m_ring)) submit_pending(); // liburing adds GETEVENTS when task work waits
     else if (IO_URING_READ_ONCE(*m_ring.sq.kflags) & IORING_SQ_TASKRUN) io_uring_get_events(&m_ring);
 }
 
-inline void worker::wait(bool block, bool orphans) {
+COPORT_DECL void worker::wait(bool block, bool orphans) {
     clock::duration timeout = clock::duration::max();
     if (block) {
         if (timer_node* t = m_timers.top()) timeout = std::max(t->m_deadline - clock::now(), clock::duration::zero());
@@ -698,12 +701,12 @@ inline void worker::wait(bool block, bool orphans) {
     m_sleeping = false;
 }
 
-inline bool worker::leave_requested() const noexcept {
+COPORT_DECL bool worker::leave_requested() const noexcept {
     if (m_until) return m_until->load(std::memory_order_acquire);
     return m_ctx.stopped() || m_ctx.m_work.load(std::memory_order_acquire) == 0;
 }
 
-inline std::size_t worker::loop(mode m) {
+COPORT_DECL std::size_t worker::loop(mode m) {
     constexpr std::size_t unlimited = static_cast<std::size_t>(-1);
     const std::size_t budget = m == mode::run_one ? 1 : unlimited;
     std::size_t total = 0;
@@ -730,12 +733,12 @@ inline std::size_t worker::loop(mode m) {
     return total;
 }
 
-inline bool worker::has_work() const noexcept {
+COPORT_DECL bool worker::has_work() const noexcept {
     return m_inflight > 0 || !m_timers.empty() || !m_local.empty() || !m_backlog.empty() ||
            m_remote_hint.load(std::memory_order_relaxed);
 }
 
-inline std::size_t worker::turn() {
+COPORT_DECL std::size_t worker::turn() {
     take_remote();
     std::size_t n = reap(static_cast<std::size_t>(-1));
     n += fire_timers(static_cast<std::size_t>(-1));
@@ -745,7 +748,7 @@ inline std::size_t worker::turn() {
     return n;
 }
 
-inline void worker::abort_timers() noexcept {
+COPORT_DECL void worker::abort_timers() noexcept {
     while (timer_node* t = m_timers.pop()) {
         auto* op = static_cast<timer_op*>(t);
         op->m_res = -ECANCELED;
@@ -753,7 +756,7 @@ inline void worker::abort_timers() noexcept {
     }
 }
 
-inline bool worker::drain_turn() {
+COPORT_DECL bool worker::drain_turn() {
     for (resident* r = m_residents; r;) {
         resident* next = r->m_next; // the hook may remove r (and free it)
         r->m_shutdown(r, *this);
@@ -805,7 +808,7 @@ inline bool worker::drain_turn() {
 // ---------------------------------------------------------------------------------------------------------
 // context
 
-inline context::context(const io_context_options& opts) : m_opts(opts) {
+COPORT_DECL context::context(const io_context_options& opts) : m_opts(opts) {
     backend_kind want = opts.backend;
     if (want == backend_kind::automatic) {
         if (const char* e = std::getenv("COPORT_BACKEND"); e && std::strcmp(e, "epoll") == 0) want = backend_kind::epoll;
@@ -826,7 +829,7 @@ inline context::context(const io_context_options& opts) : m_opts(opts) {
     m_nworkers.store(1, std::memory_order_release);
 }
 
-inline std::string context::try_io_uring() {
+COPORT_DECL std::string context::try_io_uring() {
     if (const char* e = std::getenv("COPORT_DISABLE_IO_URING"); e && *e && std::strcmp(e, "0") != 0) {
         m_uring_error = make_error_code(error::backend_unavailable);
         return "io_uring refused: disabled by the environment variable COPORT_DISABLE_IO_URING";
@@ -857,9 +860,9 @@ inline std::string context::try_io_uring() {
     return why;
 }
 
-inline context::~context() { shutdown(); }
+COPORT_DECL context::~context() { shutdown(); }
 
-inline std::string context::features() const {
+COPORT_DECL std::string context::features() const {
     if (m_use_epoll) return "edge-triggered epoll_wait";
     static constexpr std::pair<unsigned, const char*> names[] = {
         {IORING_SETUP_SUBMIT_ALL, "SUBMIT_ALL"},       {IORING_SETUP_COOP_TASKRUN, "COOP_TASKRUN"},
@@ -875,13 +878,13 @@ inline std::string context::features() const {
     return s;
 }
 
-inline void context::stop() noexcept {
+COPORT_DECL void context::stop() noexcept {
     m_stopped.store(true, std::memory_order_release);
     unsigned n = m_nworkers.load(std::memory_order_acquire);
     for (unsigned i = 0; i < n; ++i) m_workers[i]->wake();
 }
 
-inline worker& context::pick_worker() noexcept {
+COPORT_DECL worker& context::pick_worker() noexcept {
     unsigned n = m_nworkers.load(std::memory_order_acquire);
     unsigned start = m_round_robin.fetch_add(1, std::memory_order_relaxed);
     for (unsigned i = 0; i < n; ++i) {
@@ -891,7 +894,7 @@ inline worker& context::pick_worker() noexcept {
     return *m_workers[0]; // nobody runs the context now: the next run() (or drain) takes it
 }
 
-inline worker* context::claim_worker() {
+COPORT_DECL worker* context::claim_worker() {
     unsigned n = m_nworkers.load(std::memory_order_acquire);
     for (int pass = 0; pass < 2; ++pass) {
         for (unsigned i = 0; i < n; ++i) {
@@ -910,7 +913,7 @@ inline worker* context::claim_worker() {
     return m_workers[n].get();
 }
 
-inline bool context::service_orphans(worker& self) {
+COPORT_DECL bool context::service_orphans(worker& self) {
     bool any = false;
     unsigned n = m_nworkers.load(std::memory_order_acquire);
     for (unsigned i = 0; i < n; ++i) {
@@ -927,7 +930,7 @@ inline bool context::service_orphans(worker& self) {
     return any;
 }
 
-inline std::size_t context::run_loop(worker::mode m, const std::atomic<bool>* until) {
+COPORT_DECL std::size_t context::run_loop(worker::mode m, const std::atomic<bool>* until) {
     if (this_worker()) throw std::logic_error("coport: io_context::run() called from one of its own handlers");
     if (stopped() && !until) return 0;
     worker* w = claim_worker();
@@ -947,7 +950,7 @@ inline std::size_t context::run_loop(worker::mode m, const std::atomic<bool>* un
     return w->loop(m);
 }
 
-inline void context::shutdown() noexcept {
+COPORT_DECL void context::shutdown() noexcept {
     m_shutdown.store(true, std::memory_order_release);
     m_foreign_shutdown = (m_setup_flags & IORING_SETUP_SINGLE_ISSUER) && std::this_thread::get_id() != m_creator;
     unsigned n = m_nworkers.load(std::memory_order_acquire);
@@ -968,5 +971,7 @@ inline void context::shutdown() noexcept {
     }
     slot = prev;
 }
+
+#endif // COPORT_DEFINE_ENGINE
 
 } // namespace coport::detail::uring

@@ -462,6 +462,8 @@ private:
     accept_op* m_wait_next = nullptr;
 };
 
+#if COPORT_DEFINE_ENGINE // see coport/detail/config.hpp: the accept machinery is part of the engine
+
 /// A listener's accept side on the io_uring engine (see the file comment). Made by the first accept, owned
 /// by the socket_impl; everything but the queue of accepted descriptors is touched only on its home worker.
 /// While it has an SQE in flight, or may arm one, it is attached to the socket (so close() cancels it, and
@@ -702,9 +704,9 @@ private:
     std::size_t m_head = 0;
 };
 
-inline worker& accept_op::acceptor_home(acceptor* a) noexcept { return a->home(); }
+COPORT_DECL worker& accept_op::acceptor_home(acceptor* a) noexcept { return a->home(); }
 
-inline void accept_op::park(operation* op, worker& w) noexcept {
+COPORT_DECL void accept_op::park(operation* op, worker& w) noexcept {
     auto* self = static_cast<accept_op*>(op);
     acceptor* a = self->m_sock->m_acceptor.load(std::memory_order_acquire);
     if (a && &a->home() == &w) {
@@ -715,14 +717,14 @@ inline void accept_op::park(operation* op, worker& w) noexcept {
     }
 }
 
-inline void accept_op::unpark(operation* op, worker& w) noexcept {
+COPORT_DECL void accept_op::unpark(operation* op, worker& w) noexcept {
     auto* self = static_cast<accept_op*>(op);
     if (self->m_where == where::waiting) self->m_sock->m_acceptor.load(std::memory_order_acquire)->remove(self, w);
     else if (self->m_where == where::in_kernel) w.submit_cancel(op);
     // nowhere: its result was handed to it already and is on its way
 }
 
-inline acceptor* socket_impl::get_acceptor() noexcept {
+COPORT_DECL acceptor* socket_impl::get_acceptor() noexcept {
     if (acceptor* a = m_acceptor.load(std::memory_order_acquire)) return a;
     std::lock_guard lock(m_mutex);
     acceptor* a = m_acceptor.load(std::memory_order_relaxed);
@@ -733,12 +735,12 @@ inline acceptor* socket_impl::get_acceptor() noexcept {
     return a;
 }
 
-inline socket_impl::~socket_impl() {
+COPORT_DECL socket_impl::~socket_impl() {
     close();
     delete m_acceptor.load(std::memory_order_relaxed);
 }
 
-inline void socket_impl::close_locked() noexcept {
+COPORT_DECL void socket_impl::close_locked() noexcept {
     if (m_fd == invalid_handle) return;
     m_closed = true;
     // Each op stays alive until it detaches under this lock, so request_cancel() is safe here.
@@ -747,6 +749,8 @@ inline void socket_impl::close_locked() noexcept {
     ::close(m_fd); // io_uring holds its own file reference for what is in flight; the cancels end those
     m_fd = invalid_handle;
 }
+
+#endif // COPORT_DEFINE_ENGINE
 
 /// send_all / recv_exact: every byte of one buffer, in one operation that resubmits the remainder from its
 /// own completion (on the worker; the coroutine resumes once, at the end). The bytes transferred go to
