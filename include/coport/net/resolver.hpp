@@ -78,10 +78,7 @@ public:
         io_context& ctx = m_ctx;
         if (m_stop.stop_possible()) m_reg.emplace(m_stop, on_stop_fn{st.get()});
         ctx.native().work_started(); // the lookup is outstanding work: run() must not return meanwhile
-        ctx.blocking().submit([st, host = m_host, service = m_service](bool run) {
-            if (run) st->finish(detail::getaddrinfo_blocking(host, service));
-            else st->finish(unexpected(make_error_code(error::operation_aborted)));
-        });
+        ctx.blocking().submit(std::make_unique<lookup>(st, m_host, m_service));
         // Published: the coroutine may resume elsewhere now. Only the local `st` is touched from here.
         st->arm();
     }
@@ -130,6 +127,17 @@ private:
             c->native().post(&item);
             c->native().work_finished();
         }
+    };
+    /// The getaddrinfo call on a pool thread.
+    struct lookup final : detail::blocking_job {
+        lookup(std::shared_ptr<state> st, std::string host, std::string service)
+            : m_st(std::move(st)), m_host(std::move(host)), m_service(std::move(service)) {}
+        void run(bool ran) override {
+            if (ran) m_st->finish(detail::getaddrinfo_blocking(m_host, m_service));
+            else m_st->finish(unexpected(make_error_code(error::operation_aborted)));
+        }
+        std::shared_ptr<state> m_st;
+        std::string m_host, m_service;
     };
     io_context& m_ctx;
     std::string m_host, m_service;

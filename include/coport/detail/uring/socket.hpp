@@ -185,33 +185,10 @@ public:
 protected:
     /// Starts the operation on `home` (null: the calling thread's worker, or any running one). False: it
     /// failed or was cancelled before it started (m_res says how) and the coroutine goes on at once.
-    bool publish(std::coroutine_handle<> h, worker* home) noexcept {
-        if (m_res < 0) return false; // failed before reaching the kernel (e.g. could not open the socket)
-        if (m_stop.stop_requested()) {
-            m_res = -ECANCELED;
-            return false;
-        }
-        m_handle = h;
-        context& ctx = m_sock->ctx();
-        worker& w = home ? *home : ctx.owner_for_new_op();
-        m_worker = &w; // before attach(): close() may cancel from now on, which needs the worker
-        if (!m_sock->attach(this)) {
-            m_res = -ECANCELED;
-            return false;
-        }
-        m_attached = true;
-        if (m_stop.stop_possible()) m_reg.emplace(m_stop, cancel_callback{this});
-        ctx.start_on(w, this); // published: *this may already be resumed on another thread
-        return true;
-    }
+    COPORT_DECL bool publish(std::coroutine_handle<> h, worker* home) noexcept;
 
     /// Call first in await_resume: after it the result is final. Returns the CQE result (-errno on error).
-    int finish() noexcept {
-        m_reg.reset();
-        bool closed = m_attached && m_sock->detach(this);
-        if (closed && m_res < 0) return -ECANCELED;
-        return m_res;
-    }
+    COPORT_DECL int finish() noexcept;
     /// For byte-count operations: the bytes transferred, or the error.
     result<std::size_t> finish_bytes() noexcept {
         int r = finish();
@@ -418,12 +395,8 @@ private:
 class accept_op : public socket_op {
 public:
     accept_op(socket_impl* listener, std::stop_token st) noexcept : socket_op(&s_vtable, listener, std::move(st)) {}
-    [[gnu::noinline]] bool await_suspend(std::coroutine_handle<> h) noexcept {
-        worker* home = nullptr; // the acceptor's worker: every accept of a listener waits there
-        if (!m_sock->ctx().uses_epoll())
-            if (acceptor* a = m_sock->get_acceptor()) home = &acceptor_home(a);
-        return publish(h, home);
-    }
+    // noinline: see socket_op::await_suspend (COMPILERS.md)
+    [[gnu::noinline]] COPORT_DECL bool await_suspend(std::coroutine_handle<> h) noexcept;
     struct accepted {
         socket_ptr socket;
         sockaddr_storage peer; // not filled in by the io_uring engine (nothing in coport reads it)
@@ -462,7 +435,7 @@ private:
     accept_op* m_wait_next = nullptr;
 };
 
-#if COPORT_DEFINE_ENGINE // see coport/detail/config.hpp: the accept machinery is part of the engine
+#if COPORT_DEFINE_ENGINE // see coport/detail/config.hpp: publication and the accept machinery are part of the engine
 
 /// A listener's accept side on the io_uring engine (see the file comment). Made by the first accept, owned
 /// by the socket_impl; everything but the queue of accepted descriptors is touched only on its home worker.
@@ -703,6 +676,40 @@ private:
     std::vector<int> m_queue;     // descriptors accepted for nobody yet, from m_head on
     std::size_t m_head = 0;
 };
+
+COPORT_DECL bool socket_op::publish(std::coroutine_handle<> h, worker* home) noexcept {
+    if (m_res < 0) return false; // failed before reaching the kernel (e.g. could not open the socket)
+    if (m_stop.stop_requested()) {
+        m_res = -ECANCELED;
+        return false;
+    }
+    m_handle = h;
+    context& ctx = m_sock->ctx();
+    worker& w = home ? *home : ctx.owner_for_new_op();
+    m_worker = &w; // before attach(): close() may cancel from now on, which needs the worker
+    if (!m_sock->attach(this)) {
+        m_res = -ECANCELED;
+        return false;
+    }
+    m_attached = true;
+    if (m_stop.stop_possible()) m_reg.emplace(m_stop, cancel_callback{this});
+    ctx.start_on(w, this); // published: *this may already be resumed on another thread
+    return true;
+}
+
+COPORT_DECL int socket_op::finish() noexcept {
+    m_reg.reset();
+    bool closed = m_attached && m_sock->detach(this);
+    if (closed && m_res < 0) return -ECANCELED;
+    return m_res;
+}
+
+COPORT_DECL bool accept_op::await_suspend(std::coroutine_handle<> h) noexcept {
+    worker* home = nullptr; // the acceptor's worker: every accept of a listener waits there
+    if (!m_sock->ctx().uses_epoll())
+        if (acceptor* a = m_sock->get_acceptor()) home = &acceptor_home(a);
+    return publish(h, home);
+}
 
 COPORT_DECL worker& accept_op::acceptor_home(acceptor* a) noexcept { return a->home(); }
 
