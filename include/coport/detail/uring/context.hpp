@@ -231,6 +231,16 @@ public:
 
     timer_heap& timers() noexcept { return m_timers; }
 
+    /// Outstanding work started (+) and finished (-) by the thread that runs this worker, not yet added to
+    /// the context's shared count (Asio's private_outstanding_work): a completion that starts the next
+    /// operation (recv done, send started) nets to zero and never touches the shared counter. Touched only
+    /// by the thread that holds this worker (its run loop, an orphan servicer, shutdown); published by
+    /// publish_work() at the end of every turn, before the loop looks at the shared count. The shared count
+    /// never reads zero too early: a finished unit leaves it only when the turn that finished it publishes,
+    /// and every unit started in that turn was started while such a unit was still in it.
+    std::ptrdiff_t m_private_work = 0;
+    void publish_work() noexcept;
+
     std::atomic<bool> m_claimed{false};
     unsigned m_index;
     const std::atomic<bool>* m_until = nullptr; // run_until: leave the loop once this is set
@@ -323,27 +333,36 @@ public:
 
     /// Queue a work item (any thread). Counts as outstanding work until it has run.
     void post(work_item* w) noexcept {
-        work_started();
         w->m_counted = true;
-        if (worker* self = this_worker()) self->post_local(w);
-        else pick_worker().post_remote(w);
+        if (worker* self = this_worker()) {
+            ++self->m_private_work;
+            self->post_local(w);
+        } else {
+            work_started();
+            pick_worker().post_remote(w);
+        }
     }
     /// Like post(), on the threads running the context in turn (spawn: a server's sessions spread over
     /// them; each then stays on the ring of the thread that started it).
     void post_spread(work_item* w) noexcept {
-        work_started();
         w->m_counted = true;
         worker& target = pick_worker();
-        if (&target == this_worker()) target.post_local(w);
-        else target.post_remote(w);
+        if (&target == this_worker()) {
+            ++target.m_private_work;
+            target.post_local(w);
+        } else {
+            work_started();
+            target.post_remote(w);
+        }
     }
     /// Start an operation (any thread). The caller has set op->m_handle; counts as work until resumed.
     void start(operation* op) noexcept {
-        work_started();
         if (worker* self = this_worker()) {
             op->m_worker = self;
+            ++self->m_private_work;
             self->start(op);
         } else {
+            work_started();
             worker& w = pick_worker();
             op->m_worker = &w;
             w.post_remote(&op->m_start_node);
@@ -357,9 +376,13 @@ public:
     /// Start an operation on the worker chosen by owner_for_new_op(); the caller has set op->m_worker
     /// (before registering its stop callback, which reads it).
     void start_on(worker& w, operation* op) noexcept {
-        work_started();
-        if (&w == this_worker()) w.start(op);
-        else w.post_remote(&op->m_start_node);
+        if (&w == this_worker()) {
+            ++w.m_private_work;
+            w.start(op);
+        } else {
+            work_started();
+            w.post_remote(&op->m_start_node);
+        }
     }
 
     void work_started() noexcept { m_work.fetch_add(1, std::memory_order_relaxed); }
@@ -540,9 +563,17 @@ COPORT_DECL void worker::complete(operation* op) noexcept {
         // lost to a stop callback: it queued a cancel request that will deliver this completion
     }
     if (s == cancel_queued) return;
-    context& ctx = m_ctx;
+    --m_private_work; // before resuming: the coroutine may start the next operation (+1: nets to zero)
     op->m_handle.resume(); // the awaiter (and op) may be gone after this
-    ctx.work_finished();
+}
+
+COPORT_DECL void worker::publish_work() noexcept {
+    const std::ptrdiff_t d = std::exchange(m_private_work, 0);
+    if (d > 0) m_ctx.m_work.fetch_add(static_cast<std::size_t>(d), std::memory_order_relaxed);
+    else if (d < 0) {
+        const auto n = static_cast<std::size_t>(-d);
+        if (m_ctx.m_work.fetch_sub(n, std::memory_order_acq_rel) == n) m_ctx.wake_all(); // see work_finished
+    }
 }
 
 COPORT_DECL void worker::submit_pending() {
@@ -615,7 +646,7 @@ COPORT_DECL std::size_t worker::run_local(std::size_t budget) {
         ++n;
         bool counted = w->m_counted; // read first: running the item may free it
         w->run();
-        if (counted) m_ctx.work_finished();
+        if (counted) --m_private_work;
     }
     if (!batch.empty()) { // budget spent: the rest stays first in line
         batch.splice(m_local);
@@ -717,6 +748,7 @@ COPORT_DECL std::size_t worker::loop(mode m) {
         std::size_t n = reap(budget);
         if (n < budget) n += fire_timers(budget - n);
         if (n < budget) n += run_local(budget - n);
+        publish_work(); // before anything reads the shared count (and before an exception leaves)
         total += n;
         rethrow_pending_exception();
         if (m_until && m_until->load(std::memory_order_acquire)) break;
@@ -743,6 +775,10 @@ COPORT_DECL std::size_t worker::turn() {
     std::size_t n = reap(static_cast<std::size_t>(-1));
     n += fire_timers(static_cast<std::size_t>(-1));
     n += run_local(static_cast<std::size_t>(-1));
+    // An orphan servicer's handlers start operations on the servicer's own worker: those units go in before
+    // this worker's finished ones leave, so that the shared count never reads zero in between.
+    if (worker* self = current_worker_slot(); self && self != this) self->publish_work();
+    publish_work();
     if (uses_epoll()) epoll_wait_events(0);
     else flush();
     return n;

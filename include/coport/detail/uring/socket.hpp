@@ -704,7 +704,8 @@ COPORT_DECL int socket_op::finish() noexcept {
     return m_res;
 }
 
-COPORT_DECL bool accept_op::await_suspend(std::coroutine_handle<> h) noexcept {
+// (inline in header-only mode through its declaration: repeating it here would contradict its noinline)
+bool accept_op::await_suspend(std::coroutine_handle<> h) noexcept {
     worker* home = nullptr; // the acceptor's worker: every accept of a listener waits there
     if (!m_sock->ctx().uses_epoll())
         if (acceptor* a = m_sock->get_acceptor()) home = &acceptor_home(a);
