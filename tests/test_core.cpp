@@ -226,6 +226,38 @@ TEST_CASE("100,000 schedule() and post() from 4 foreign threads into 4 running t
     CHECK(pending_coroutines.load() == 0);
 }
 
+TEST_CASE("3 threads, no work guard: no run() returns while a chain of operations is still going",
+          "[io_context][threads]") {
+    // Each step of a chain finishes one unit of work and starts the next on the same thread: the count of
+    // outstanding work must never read zero in between, or a run() would return early.
+    for (int round = 0; round < 50; ++round) {
+        io_context ctx;
+        constexpr int chains = 6, steps = 300;
+        std::atomic<int> done{0};
+        auto chain = [](io_context& c, std::atomic<int>& d) -> task<void> {
+            for (int i = 0; i < steps; ++i) {
+                co_await c.schedule();
+                co_await c.sleep_for(i % 3 == 0 ? std::chrono::microseconds(20) : std::chrono::microseconds(0));
+            }
+            d.fetch_add(1);
+        };
+        ctx.post([&] {
+            for (int i = 0; i < chains; ++i) coport::spawn(ctx, chain(ctx, done));
+        });
+        std::vector<int> seen_at_return(3, -1);
+        std::vector<std::thread> runners;
+        for (int t = 0; t < 3; ++t)
+            runners.emplace_back([&, t] {
+                ctx.run();
+                seen_at_return[static_cast<std::size_t>(t)] = done.load();
+            });
+        for (auto& r : runners) r.join();
+        INFO("round " << round);
+        CHECK(done.load() == chains);
+        for (int seen : seen_at_return) CHECK(seen == chains);
+    }
+}
+
 TEST_CASE("schedule() from inside a handler moves on after queued work", "[io_context]") {
     io_context ctx;
     std::vector<int> order;
