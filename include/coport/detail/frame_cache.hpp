@@ -25,8 +25,8 @@
 #elif defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || defined(__SANITIZE_HWADDRESS__)
 #define COPORT_DETAIL_FRAME_CACHE 0
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) || __has_feature(memory_sanitizer) ||     \
-    __has_feature(hwaddress_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer) ||                                   \
+    __has_feature(memory_sanitizer) || __has_feature(hwaddress_sanitizer)
 #define COPORT_DETAIL_FRAME_CACHE 0
 #endif
 #endif
@@ -56,7 +56,9 @@ struct frame_cache {
     static constexpr std::size_t slots = 4;
     static constexpr std::size_t granule = 16;
     static constexpr std::size_t max_size = 1024; // larger frames are never cached
-    static constexpr std::size_t size_class(std::size_t n) noexcept { return (n + granule - 1) & ~(granule - 1); }
+    static constexpr std::size_t size_class(std::size_t n) noexcept {
+        return (n + granule - 1) & ~(granule - 1);
+    }
 
     void* m_block[slots] = {};
     std::size_t m_class[slots] = {}; // 0: the slot is empty
@@ -144,7 +146,8 @@ struct frame_cache_reaper {
     ~frame_cache_reaper() {
         frame_cache_local& t = frame_cache_here();
         t.state = frame_cache_state::dead;
-        if (std::size_t n = t.cache.release_all()) frame_cache_exit_releases().fetch_add(n, std::memory_order_relaxed);
+        if (std::size_t n = t.cache.release_all())
+            frame_cache_exit_releases().fetch_add(n, std::memory_order_relaxed);
     }
 };
 
@@ -189,7 +192,8 @@ struct frame_cache_reaper {
 inline void WINAPI frame_cache_release(void* p) noexcept {
     if (!p) return;
     auto* c = static_cast<frame_cache*>(p);
-    if (std::size_t n = c->release_all()) frame_cache_exit_releases().fetch_add(n, std::memory_order_relaxed);
+    if (std::size_t n = c->release_all())
+        frame_cache_exit_releases().fetch_add(n, std::memory_order_relaxed);
     delete c;
 }
 
