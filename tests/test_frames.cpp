@@ -183,11 +183,15 @@ task<long> ready_sum(int n) {
     co_return sum;
 }
 
+// Out of line: a frame created and destroyed in one function may live on the stack (clang's coroutine heap
+// allocation elision) and never reach the allocator.
+[[gnu::noinline]] void destroy_frame(std::coroutine_handle<> h) { h.destroy(); }
+
 // The address of a new add_one frame, destroyed at once.
 void* add_one_frame_address(int x) {
     std::coroutine_handle<> h = add_one(x).release();
     void* a = h.address();
-    h.destroy();
+    destroy_frame(h);
     return a;
 }
 
@@ -315,6 +319,8 @@ TEST_CASE("frame cache: tasks made on one thread, run and destroyed on another; 
         producer_blocks = frame_cache_blocks(); // it allocates, never frees: nothing to keep
     });
     std::thread consumer([&] {
+        // A thread caches from its first frame allocation on; sync_wait's own frame may be elided (clang).
+        sum += coport::sync_wait(ready_sum(1));
         for (;;) {
             std::vector<task<int>> b;
             {
@@ -333,7 +339,7 @@ TEST_CASE("frame cache: tasks made on one thread, run and destroyed on another; 
     producer.join();
     consumer.join();
     const std::size_t released = exit_releases() - released_before;
-    CHECK(sum == rounds * (batch * (batch + 1) / 2));
+    CHECK(sum == 1 + rounds * (batch * (batch + 1) / 2));
     CHECK(producer_blocks == 0);
     CHECK(consumer_max <= frame_cache::slots);
     if (frame_cache_enabled) {
@@ -355,10 +361,9 @@ std::size_t g_late_after_destroy = 99, g_late_after_new = 99;
 struct late_frame_owner {
     late_frame_owner() noexcept {}
     ~late_frame_owner() {
-        if (g_late_frame) g_late_frame.destroy();
+        if (g_late_frame) destroy_frame(g_late_frame);
         g_late_after_destroy = frame_cache_blocks();
-        std::coroutine_handle<> h = add_one(1).release();
-        h.destroy();
+        destroy_frame(add_one(1).release());
         g_late_after_new = frame_cache_blocks();
     }
 };
@@ -424,7 +429,7 @@ TEST_CASE("frame cache: an installed frame_allocator hook gets every frame; the 
         after = frame_cache_blocks();
     });
     CHECK(sum == 55 + 1000L * 1001 / 2);
-    CHECK(g_hook_allocs.load() >= 1002); // 1,000 add_one frames, ready_sum's, sync_wait's
+    CHECK(g_hook_allocs.load() >= 1001); // 1,000 add_one frames, ready_sum's (sync_wait's may be elided)
     CHECK(g_hook_frees.load() == g_hook_allocs.load());
     CHECK(after == before); // untouched while the hook was installed
     if (frame_cache_enabled) CHECK(before > 0);
