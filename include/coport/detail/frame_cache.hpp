@@ -141,6 +141,9 @@ inline frame_cache_local& frame_cache_here() noexcept {
 /// Registered (as a thread_local with a destructor) when a thread starts caching. thread_local destructors
 /// run in reverse order of construction, so frames freed by thread_locals constructed earlier find the
 /// cache dead and go to operator delete; the state stays dead until the thread's storage is gone.
+/// (A thread whose first frame is allocated after its thread_local destructors ran, e.g. the main thread
+/// by a static destructor, registers a reaper that never runs: up to `slots` blocks stay until the
+/// process ends.)
 struct frame_cache_reaper {
     frame_cache_reaper() noexcept {} // user-provided: a real construction, hence a registered destructor
     ~frame_cache_reaper() {
