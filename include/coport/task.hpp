@@ -11,6 +11,12 @@
 /// - Awaiting a task never grows the stack with the number of synchronous completions: a loop of
 ///   1,000,000 `co_await`s of tasks that finish at once runs in constant stack at any optimisation level
 ///   (no reliance on tail calls; see await_suspend below).
+/// - Frames are recycled per thread: a destroyed frame's memory is kept by the destroying thread (at most
+///   4 blocks of up to 1 KiB per thread, freed when the thread exits) for its next frames. Define
+///   COPORT_NO_FRAME_CACHE to allocate every frame with the global operator new; the sanitizers turn the
+///   cache off by themselves. Details at detail::frame_allocation below.
+
+#include <coport/detail/frame_cache.hpp>
 
 #include <atomic>
 #include <cassert>
@@ -28,9 +34,10 @@ class task;
 
 namespace detail {
 
-/// Where coroutine frames of coport's task and helper coroutines come from. Null: the global operator new.
-/// A test hook (a guard-page allocator that makes freed frames inaccessible, to catch code that touches a
-/// frame after handing it to another thread); swap it only while no such frame exists.
+/// A test hook: where coroutine frames of coport's task and helper coroutines come from instead of the
+/// frame cache below (a guard-page allocator that makes freed frames inaccessible, to catch code that
+/// touches a frame after handing it to another thread). Null: the frame cache. Swap it only while no
+/// frame of coport's exists.
 struct frame_allocator {
     void* (*allocate)(std::size_t);
     void (*deallocate)(void*, std::size_t) noexcept;
@@ -39,16 +46,29 @@ inline std::atomic<const frame_allocator*>& frame_allocator_slot() noexcept {
     static std::atomic<const frame_allocator*> slot{nullptr};
     return slot;
 }
-/// Base of the promise types: frames through frame_allocator_slot().
+/// Base of the promise types of coport's coroutines (task, the when_all/sync_wait children, spawn and
+/// async_scope helpers): their frames come from frame_allocator_slot() if a hook is installed, else from
+/// a per-thread recycling cache (detail/frame_cache.hpp):
+/// - a destroyed frame's block is kept by the thread that destroys it (whichever thread created the
+///   frame), at most frame_cache::slots (4) blocks of at most frame_cache::max_size (1024) bytes per
+///   thread, sizes rounded up to 16; a thread starts caching at its first frame allocation;
+/// - the next frame of the same size class created on that thread reuses a block (no malloc/free);
+/// - a thread's blocks are freed when it exits; frames destroyed on it after that (by later
+///   thread_local or static destructors) go to the global operator delete;
+/// - off under AddressSanitizer, ThreadSanitizer, MemorySanitizer and HWAddressSanitizer (they then see
+///   every frame freed) and when COPORT_NO_FRAME_CACHE is defined (define it in every translation unit,
+///   e.g. for Valgrind or a heap profiler); detail::frame_cache_enabled says which.
 struct frame_allocation {
     static void* operator new(std::size_t n) {
-        const frame_allocator* a = frame_allocator_slot().load(std::memory_order_relaxed);
-        return a ? a->allocate(n) : ::operator new(n);
+        if (const frame_allocator* a = frame_allocator_slot().load(std::memory_order_relaxed)) [[unlikely]]
+            return a->allocate(n);
+        return frame_cache_allocate(n);
     }
     static void operator delete(void* p, std::size_t n) noexcept {
-        const frame_allocator* a = frame_allocator_slot().load(std::memory_order_relaxed);
-        if (a) a->deallocate(p, n);
-        else ::operator delete(p); // unsized: clang without -fsized-deallocation has no sized form
+        if (const frame_allocator* a = frame_allocator_slot().load(std::memory_order_relaxed)) [[unlikely]]
+            a->deallocate(p, n);
+        else
+            frame_cache_deallocate(p, n);
     }
 };
 
