@@ -212,7 +212,12 @@ TEST_CASE("100,000 random-moment cancellations of recv/send/accept/connect/timer
     CHECK(c.early_timers.load() == 0);
     CHECK_FALSE(corrupt.load());
     CHECK(sent_total.load() == recv_total.load());
-    CHECK(accepted.load() == connected.load());
+    // Every connect that succeeded was accepted. An accept may also win for a connect that reports
+    // operation_aborted: the cancel reached the connect after the loopback handshake had finished on the
+    // listener's side (seen under Wine's IOCP, 1 in ~2,000 rounds in some runs); that client socket is closed
+    // and the accepted one just sees the end of stream. So the accepts are bounded by the connect attempts.
+    CHECK(accepted.load() >= connected.load());
+    CHECK(accepted.load() <= accept_rounds);
 }
 
 TEST_CASE("destroying an io_context with thousands of operations of each kind in flight", "[stress][shutdown]") {
