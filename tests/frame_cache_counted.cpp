@@ -6,6 +6,7 @@
 // COPORT_NO_FRAME_CACHE) the global operators are left alone and these cases skip.
 #include <coport/coport.hpp>
 
+#include "ready_tasks.hpp"
 #include "support.hpp"
 
 #include <atomic>
@@ -45,16 +46,8 @@ void operator delete(void* p, std::size_t) noexcept { ::operator delete(p); }
 
 namespace {
 
-task<int> add_one(int x) { co_return x + 1; }
-
-task<long> ready_sum(int n) {
-    long sum = 0;
-    for (int i = 0; i < n; ++i) {
-        int v = co_await add_one(i);
-        sum += v;
-    }
-    co_return sum;
-}
+using coport_test::add_one;
+using coport_test::ready_sum;
 
 long live_allocations() {
 #if COPORT_DETAIL_FRAME_CACHE

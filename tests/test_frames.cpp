@@ -6,6 +6,7 @@
 // on several threads under that allocator.
 #include <coport/coport.hpp>
 
+#include "ready_tasks.hpp"
 #include "support.hpp"
 
 #include <algorithm>
@@ -172,16 +173,8 @@ using coport::detail::frame_cache;
 using coport::detail::frame_cache_blocks;
 using coport::detail::frame_cache_enabled;
 
-task<int> add_one(int x) { co_return x + 1; }
-
-task<long> ready_sum(int n) {
-    long sum = 0;
-    for (int i = 0; i < n; ++i) {
-        int v = co_await add_one(i);
-        sum += v;
-    }
-    co_return sum;
-}
+using coport_test::add_one;
+using coport_test::ready_sum;
 
 // Out of line: a frame created and destroyed in one function may live on the stack (clang's coroutine heap
 // allocation elision) and never reach the allocator.
