@@ -257,6 +257,8 @@ public:
     [[nodiscard]] std::size_t size() const noexcept { return m_threads.size(); }
 
 private:
+    void release_and_join() noexcept; // drops the guard and joins every thread
+
     std::optional<io_context::work_guard> m_guard;
     std::vector<std::thread> m_threads;
     std::mutex m_mutex;
@@ -277,17 +279,17 @@ COPORT_DECL thread_pool_runner::thread_pool_runner(io_context& ctx, unsigned thr
         });
 }
 
-COPORT_DECL thread_pool_runner::~thread_pool_runner() {
-    m_guard.reset();
-    for (auto& t : m_threads)
-        if (t.joinable()) t.join();
-}
+COPORT_DECL thread_pool_runner::~thread_pool_runner() { release_and_join(); }
 
 COPORT_DECL void thread_pool_runner::join() {
+    release_and_join();
+    if (m_exception) std::rethrow_exception(std::exchange(m_exception, nullptr));
+}
+
+COPORT_DECL void thread_pool_runner::release_and_join() noexcept {
     m_guard.reset();
     for (auto& t : m_threads)
         if (t.joinable()) t.join();
-    if (m_exception) std::rethrow_exception(std::exchange(m_exception, nullptr));
 }
 #endif // COPORT_DEFINE_ENGINE
 
