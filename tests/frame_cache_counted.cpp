@@ -15,6 +15,7 @@
 #include <deque>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -67,6 +68,15 @@ long churn(int pairs, int rounds) {
     std::deque<std::vector<task<int>>> to_run, to_destroy;
     int producers_left = pairs;
     std::atomic<long> sum{0};
+    // The next batch of a queue, or nothing once it is empty and every producer has finished.
+    auto pop = [&](std::deque<std::vector<task<int>>>& q) -> std::optional<std::vector<task<int>>> {
+        std::unique_lock lock(m);
+        cv.wait(lock, [&] { return !q.empty() || producers_left == 0; });
+        if (q.empty()) return std::nullopt;
+        std::vector<task<int>> b = std::move(q.front());
+        q.pop_front();
+        return b;
+    };
     std::vector<std::thread> threads;
     for (int p = 0; p < pairs; ++p) {
         threads.emplace_back([&] {
@@ -84,30 +94,15 @@ long churn(int pairs, int rounds) {
             cv.notify_all();
         });
         threads.emplace_back([&] {
-            for (;;) {
-                std::vector<task<int>> b;
-                {
-                    std::unique_lock lock(m);
-                    cv.wait(lock, [&] { return !to_run.empty() || producers_left == 0; });
-                    if (to_run.empty()) break;
-                    b = std::move(to_run.front());
-                    to_run.pop_front();
-                }
-                for (auto& t : b) sum.fetch_add(coport::sync_wait(std::move(t)));
+            while (auto b = pop(to_run)) {
+                for (auto& t : *b) sum.fetch_add(coport::sync_wait(std::move(t)));
                 sum.fetch_add(coport::sync_wait(ready_sum(3))); // and some frames of this thread's own
             }
         });
     }
     threads.emplace_back([&] {
-        for (;;) {
-            std::vector<task<int>> d;
-            std::unique_lock lock(m);
-            cv.wait(lock, [&] { return !to_destroy.empty() || producers_left == 0; });
-            if (to_destroy.empty()) break;
-            d = std::move(to_destroy.front());
-            to_destroy.pop_front();
-            lock.unlock();
-        }
+        while (auto d = pop(to_destroy)) {
+        } // each batch is destroyed here, outside the lock, never run
     });
     for (auto& t : threads) t.join();
     return sum.load();
