@@ -23,11 +23,12 @@ using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT
 namespace {
 
 asio::awaitable<void> session(tcp::socket s) {
-    std::vector<char> buf(16 * 1024); // as coport_echo: one 16 KiB buffer per connection
+    constexpr std::size_t size = 16 * 1024; // as coport_echo: one 16 KiB buffer per connection, not zeroed
+    auto buf = std::make_unique_for_overwrite<char[]>(size);
     for (;;) {
-        auto [ec, n] = co_await s.async_read_some(asio::buffer(buf), use_nothrow_awaitable);
+        auto [ec, n] = co_await s.async_read_some(asio::buffer(buf.get(), size), use_nothrow_awaitable);
         if (ec) co_return; // error or EOF
-        auto [wec, m] = co_await asio::async_write(s, asio::buffer(buf.data(), n), use_nothrow_awaitable);
+        auto [wec, m] = co_await asio::async_write(s, asio::buffer(buf.get(), n), use_nothrow_awaitable);
         if (wec) co_return;
     }
 }

@@ -6,14 +6,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <vector>
+#include <memory>
 
 coport::task<void> session(coport::tcp_socket s) {
-    std::vector<char> buf(16 * 1024);
+    constexpr std::size_t size = 16 * 1024;
+    auto buf = std::make_unique_for_overwrite<char[]>(size); // recv fills it: no need to zero 16 KiB first
     for (;;) {
-        auto n = co_await s.recv(coport::buffer(buf));
+        auto n = co_await s.recv(coport::buffer(buf.get(), size));
         if (!n || *n == 0) co_return; // error or the client closed
-        auto sent = co_await s.send_all(coport::buffer(buf.data(), *n));
+        auto sent = co_await s.send_all(coport::buffer(buf.get(), *n));
         if (!sent) co_return;
     }
 }

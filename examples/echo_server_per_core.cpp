@@ -13,11 +13,12 @@
 #include <vector>
 
 coport::task<void> session(coport::tcp_socket s) {
-    std::vector<char> buf(16 * 1024);
+    constexpr std::size_t size = 16 * 1024;
+    auto buf = std::make_unique_for_overwrite<char[]>(size); // recv fills it: no need to zero it first
     for (;;) {
-        auto n = co_await s.recv(coport::buffer(buf));
+        auto n = co_await s.recv(coport::buffer(buf.get(), size));
         if (!n || *n == 0) co_return;
-        auto sent = co_await s.send_all(coport::buffer(buf.data(), *n));
+        auto sent = co_await s.send_all(coport::buffer(buf.get(), *n));
         if (!sent) co_return;
     }
 }
