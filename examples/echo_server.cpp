@@ -5,8 +5,8 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <string>
 #include <memory>
+#include <string>
 
 coport::task<void> session(coport::tcp_socket s) {
     constexpr std::size_t size = 16 * 1024;
