@@ -101,8 +101,9 @@ long churn(int pairs, int rounds) {
         });
     }
     threads.emplace_back([&] {
-        while (auto d = pop(to_destroy)) {
-        } // each batch is destroyed here, outside the lock, never run
+        while (pop(to_destroy)) {
+            // each batch (the optional pop returned) is destroyed here, outside the lock, never run
+        }
     });
     for (auto& t : threads) t.join();
     return sum.load();
