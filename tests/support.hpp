@@ -19,3 +19,13 @@
         std::fflush(stdout);                                                                           \
         std::exit(77);                                                                                 \
     } while (0)
+
+#include <thread>
+
+/// The calling thread's id, read afresh after every suspension: clang 14 at -O1+ may reuse a thread
+/// identity read before a co_await after the coroutine resumed on another thread (LLVM #47177, #63022);
+/// noinline alone is not enough (clang marks the call readnone), the asm barrier is.
+[[gnu::noinline]] inline std::thread::id current_thread_id() noexcept {
+    asm volatile("" ::: "memory");
+    return std::this_thread::get_id();
+}

@@ -51,12 +51,14 @@ concept backend_context = requires(C& c, const C& cc, work_item* w, const std::a
     { c.run_one() } -> std::same_as<std::size_t>;
     { c.poll() } -> std::same_as<std::size_t>;
     { c.run_until(done) } -> std::same_as<std::size_t>;
+    { c.run_until(done, w) } -> std::same_as<std::size_t>;
     c.stop();
     c.restart();
     c.wake_all();
     { cc.stopped() } -> std::same_as<bool>;
     c.post(w);
     c.post_spread(w);
+    c.post_to(c.home(), w);
     c.work_started();
     c.work_finished();
     { c.running_in_this_thread() } -> std::same_as<bool>;
@@ -165,9 +167,9 @@ public:
             detail::child<R>& m_child;
             done_latch& m_latch;
         } start_item(c, l);
-        m_impl.post(&start_item);
-        // The starter may be picked up by another thread's run(); either way run_until returns once
-        // the child has finished.
+        // The starter runs first on this thread, inside its run loop: what the awaitable starts belongs to
+        // this thread (the resumption rule) until block_on returns.
+        m_impl.run_until(l.done, &start_item);
         while (!l.done.load(std::memory_order_acquire)) m_impl.run_until(l.done);
         return c.result().take();
     }

@@ -4,7 +4,8 @@
 /// `co_await resolve(ctx, host, service)`: every address `getaddrinfo` gives for a TCP connection, in
 /// its order (IPv6 and IPv4). Numeric hosts and ports resolve at once without suspending; names are
 /// looked up on a separate thread, so a slow DNS answer never holds up the threads running `ctx`.
-/// - Resumes on a thread running `ctx`.
+/// - Resumes on the thread that awaited it, if that thread runs `ctx` (the resumption rule, io_context.hpp);
+///   otherwise on a thread running `ctx`.
 /// - Errors: `errc::host_not_found`, `errc::host_not_found_try_again`, `errc::service_not_found`, ...
 /// - Cancel: a stop request resumes the coroutine at once with `errc::operation_aborted`; the lookup
 ///   itself cannot be interrupted and finishes in the background, its answer dropped.
@@ -73,6 +74,7 @@ public:
     [[gnu::noinline]] void await_suspend(std::coroutine_handle<> h) {
         auto st = std::make_shared<state>();
         st->ctx = &m_ctx;
+        st->owner = &m_ctx.native().home(); // the answer resumes the coroutine on this thread (the resumption rule)
         st->item.m_handle = h;
         m_state = st;
         io_context& ctx = m_ctx;
@@ -95,6 +97,7 @@ private:
         std::optional<result<std::vector<endpoint>>> value;
         detail::resume_item item;
         io_context* ctx = nullptr;
+        detail::backend::worker* owner = nullptr;
         bool armed = false;        // the lookup was submitted; a stop may now resume the coroutine
         bool stop_pending = false; // a stop arrived before that
         void on_stop() {
@@ -124,7 +127,7 @@ private:
                 value.emplace(std::move(r));
             }
             io_context* c = ctx;
-            c->native().post(&item);
+            c->native().post_to(*owner, &item);
             c->native().work_finished();
         }
     };

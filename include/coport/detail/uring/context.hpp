@@ -312,7 +312,10 @@ public:
     std::size_t run_one() { return run_loop(worker::mode::run_one, nullptr); }
     std::size_t poll() { return run_loop(worker::mode::poll, nullptr); }
     /// Runs until `done` is set (whoever sets it calls wake_all()), even when stopped or out of work.
-    std::size_t run_until(const std::atomic<bool>& done) { return run_loop(worker::mode::run, &done); }
+    /// `first`, if given, runs first on this thread (block_on starts its awaitable with it).
+    std::size_t run_until(const std::atomic<bool>& done, work_item* first = nullptr) {
+        return run_loop(worker::mode::run, &done, first);
+    }
     void wake_all() noexcept {
         unsigned n = m_nworkers.load(std::memory_order_acquire);
         for (unsigned i = 0; i < n; ++i) m_workers[i]->wake();
@@ -357,21 +360,29 @@ public:
     }
     /// Start an operation (any thread). The caller has set op->m_handle; counts as work until resumed.
     void start(operation* op) noexcept {
-        if (worker* self = this_worker()) {
-            op->m_worker = self;
-            ++self->m_private_work;
-            self->start(op);
-        } else {
-            work_started();
-            worker& w = pick_worker();
-            op->m_worker = &w;
-            w.post_remote(&op->m_start_node);
-        }
+        worker& w = home();
+        op->m_worker = &w;
+        start_on(w, op);
+    }
+    /// The worker that owns what the calling thread starts (the resumption rule): its own, or, on a thread
+    /// that does not run the context, the first worker held by a thread (the same one for every start while
+    /// those threads run), so that what one foreign thread starts never completes on two threads at once.
+    worker& home() noexcept {
+        if (worker* self = this_worker()) return *self;
+        return foreign_home();
     }
     /// Picks the worker an operation will run on, before it is published (to register a stop callback).
-    worker& owner_for_new_op() noexcept {
-        if (worker* self = this_worker()) return *self;
-        return pick_worker();
+    worker& owner_for_new_op() noexcept { return home(); }
+    /// Queue a work item to run on `owner`'s thread (any thread). Counts as outstanding work until it has run.
+    void post_to(worker& owner, work_item* w) noexcept {
+        w->m_counted = true;
+        if (&owner == this_worker()) {
+            ++owner.m_private_work;
+            owner.post_local(w);
+        } else {
+            work_started();
+            owner.post_remote(w);
+        }
     }
     /// Start an operation on the worker chosen by owner_for_new_op(); the caller has set op->m_worker
     /// (before registering its stop callback, which reads it).
@@ -397,8 +408,9 @@ public:
 
 private:
     friend class worker;
-    std::size_t run_loop(worker::mode m, const std::atomic<bool>* until);
+    std::size_t run_loop(worker::mode m, const std::atomic<bool>* until, work_item* first = nullptr);
     worker& pick_worker() noexcept;
+    worker& foreign_home() noexcept;
     worker* claim_worker();
     bool service_orphans(worker& self);
     void shutdown() noexcept;
@@ -775,9 +787,6 @@ COPORT_DECL std::size_t worker::turn() {
     std::size_t n = reap(static_cast<std::size_t>(-1));
     n += fire_timers(static_cast<std::size_t>(-1));
     n += run_local(static_cast<std::size_t>(-1));
-    // An orphan servicer's handlers start operations on the servicer's own worker: those units go in before
-    // this worker's finished ones leave, so that the shared count never reads zero in between.
-    if (worker* self = current_worker_slot(); self && self != this) self->publish_work();
     publish_work();
     if (uses_epoll()) epoll_wait_events(0);
     else flush();
@@ -930,6 +939,13 @@ COPORT_DECL worker& context::pick_worker() noexcept {
     return *m_workers[0]; // nobody runs the context now: the next run() (or drain) takes it
 }
 
+COPORT_DECL worker& context::foreign_home() noexcept {
+    const unsigned n = m_nworkers.load(std::memory_order_acquire);
+    for (unsigned i = 0; i < n; ++i)
+        if (m_workers[i]->m_claimed.load(std::memory_order_acquire)) return *m_workers[i];
+    return *m_workers[0]; // nobody runs the context now: the next run() (or drain) takes it
+}
+
 COPORT_DECL worker* context::claim_worker() {
     unsigned n = m_nworkers.load(std::memory_order_acquire);
     for (int pass = 0; pass < 2; ++pass) {
@@ -952,13 +968,18 @@ COPORT_DECL worker* context::claim_worker() {
 COPORT_DECL bool context::service_orphans(worker& self) {
     bool any = false;
     unsigned n = m_nworkers.load(std::memory_order_acquire);
+    worker*& slot = current_worker_slot();
     for (unsigned i = 0; i < n; ++i) {
         worker& w = *m_workers[i];
         if (&w == &self) continue;
         bool expected = false;
         if (!w.m_claimed.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) continue;
         if (w.has_work()) {
+            // Held as its own thread held it: what its coroutines start stays on its ring, so they never run
+            // in parallel with each other (the resumption rule), whichever thread services it.
+            slot = &w;
             w.turn();
+            slot = &self;
             any = any || w.has_work();
         }
         w.m_claimed.store(false, std::memory_order_release);
@@ -966,7 +987,7 @@ COPORT_DECL bool context::service_orphans(worker& self) {
     return any;
 }
 
-COPORT_DECL std::size_t context::run_loop(worker::mode m, const std::atomic<bool>* until) {
+COPORT_DECL std::size_t context::run_loop(worker::mode m, const std::atomic<bool>* until, work_item* first) {
     if (this_worker()) throw std::logic_error("coport: io_context::run() called from one of its own handlers");
     if (stopped() && !until) return 0;
     worker* w = claim_worker();
@@ -983,6 +1004,11 @@ COPORT_DECL std::size_t context::run_loop(worker::mode m, const std::atomic<bool
     } guard{slot, slot, w};
     slot = w;
     w->m_until = until;
+    if (first) {
+        first->m_counted = true;
+        ++w->m_private_work;
+        w->post_local(first);
+    }
     return w->loop(m);
 }
 
