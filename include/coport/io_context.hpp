@@ -5,8 +5,30 @@
 /// and complete on the threads that call `run()`.
 ///
 /// Threads: `run()`, `run_one()` and `poll()` may be called from several threads at once (Windows: all
-/// wait on one completion port; Linux: each thread drives its own io_uring ring). A coroutine resumes on
-/// one of those threads. `post()`, `schedule()` and `stop()` may be called from any thread.
+/// wait on one completion port; Linux: each thread drives its own io_uring ring). `post()`, `schedule()` and
+/// `stop()` may be called from any thread.
+///
+/// The resumption rule, the same on every backend: a coroutine resumes on the thread that started the
+/// operation it awaits. So a coroutine, and the children it awaits through `when_all`, `when_any` and
+/// `with_timeout`, stay on the thread that started them, and two such children never run at the same time:
+/// they may share state without a lock. A coroutine moves to another thread only on purpose: `co_await
+/// ctx.schedule()`, `ctx.post()`, `spawn(ctx, t)`, `async_scope::spawn(ctx, t)` (each may start it on any
+/// thread running the context; `spawn` takes them in turn), and `async_scope::join()` (resumes on the thread
+/// that finished the last task). More precisely, each thread inside `run()` holds a worker of the context
+/// while it is there, and an operation is owned by the worker of the thread that started it:
+/// - Windows: any thread may take a completion from the port; one that is not the owner's hands it to the
+///   owner's thread (and wakes it). Linux: the operation is on the owner's ring; nobody else sees it.
+/// - A thread that leaves run() (block_on returned, run_one, poll) leaves its operations pending; the other
+///   threads in run() resume them, one thread at a time, as if they were the owner (so the rule that no two
+///   children run at once holds; which thread it is may change). With no thread in run(), they wait for the
+///   next one. On Linux with io_uring, a thread that *ends* while operations it started are in flight has
+///   them cancelled by the kernel: they complete with `errc::operation_aborted`. Keep threads that start
+///   operations alive until they finish (thread_pool_runner's threads do).
+/// - An operation started on a thread that does not run the context (a plain thread, sync_wait) is owned by
+///   the first worker held by a thread, the same one for all such starts while the threads in run() stay.
+/// Cost: on Linux nothing (a completion is already on its owner's ring). On Windows a completion taken by
+/// another thread costs a lock and, when the owner sleeps, a user APC; tests/test_resumption.cpp prints how
+/// many (docs/guide.md, "Threads", has the figures).
 ///
 /// Outstanding work: every started operation, posted callable and `work_guard` counts. `run()` returns
 /// when there is none left, or after `stop()`. Running out of work does not stop the context: post more
@@ -140,7 +162,8 @@ public:
 
     /// Runs this context on the calling thread until `a` has finished, and returns its result (or
     /// rethrows its exception). Other threads may run the context at the same time. The awaitable starts
-    /// on the calling thread, inside the run loop. Works after stop() or when out of work.
+    /// on the calling thread, inside the run loop, and (by the resumption rule) its operations resume there
+    /// while block_on runs. Works after stop() or when out of work.
     template <awaitable A>
     await_result_t<A> block_on(A&& a) {
         using R = await_result_t<A>;
