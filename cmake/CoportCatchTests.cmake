@@ -16,6 +16,12 @@
 #       Each test runs with --warn NoTests, so a name that matches no TEST_CASE fails instead of passing.
 #       A test whose output contains "COPORT_SKIP:" is reported by CTest as skipped, e.g.
 #           WARN("COPORT_SKIP: io_uring_setup refused (EPERM)"); return;
+#
+#   coport_add_catch_test(<target> <TEST_CASE name> [ENV <var=value>...] [ENV_MODIFICATION <var=op:value>...]
+#                         [NAME_SUFFIX <sfx>] [TIMEOUT <seconds, 300>])
+#       One CTest test "<name><sfx>" for one TEST_CASE, with the same settings as above: for a hidden case
+#       ("[.]" tag: not listed, so not registered by coport_add_catch_tests) that needs an environment of its
+#       own. ENV_MODIFICATION is CTest's ENVIRONMENT_MODIFICATION (e.g. ASAN_OPTIONS=string_append:...).
 
 set(_COPORT_CATCH_DISCOVER_SCRIPT "${CMAKE_CURRENT_LIST_DIR}/CoportCatchDiscover.cmake")
 
@@ -68,4 +74,27 @@ set(COPORT_CMAKE_COMMAND [==[${CMAKE_COMMAND}]==])
 include([==[${_COPORT_CATCH_DISCOVER_SCRIPT}]==])
 ")
     set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES "${script}")
+endfunction()
+
+function(coport_add_catch_test target name)
+    cmake_parse_arguments(PARSE_ARGV 2 arg "" "NAME_SUFFIX;TIMEOUT" "ENV;ENV_MODIFICATION")
+    if(arg_UNPARSED_ARGUMENTS)
+        message(FATAL_ERROR "coport_add_catch_test: unknown arguments ${arg_UNPARSED_ARGUMENTS}")
+    endif()
+    if(NOT arg_TIMEOUT)
+        set(arg_TIMEOUT 300)
+    endif()
+    set(spec "${name}")
+    foreach(char , [ ]) # as in CoportCatchDiscover.cmake
+        string(REPLACE "${char}" "\\${char}" spec "${spec}")
+    endforeach()
+    set(test "${name}${arg_NAME_SUFFIX}")
+    add_test(NAME "${test}" COMMAND ${target} "${spec}" --warn NoTests)
+    set_tests_properties("${test}" PROPERTIES TIMEOUT "${arg_TIMEOUT}" SKIP_REGULAR_EXPRESSION "COPORT_SKIP:")
+    if(arg_ENV)
+        set_tests_properties("${test}" PROPERTIES ENVIRONMENT "${arg_ENV}")
+    endif()
+    if(arg_ENV_MODIFICATION)
+        set_tests_properties("${test}" PROPERTIES ENVIRONMENT_MODIFICATION "${arg_ENV_MODIFICATION}")
+    endif()
 endfunction()

@@ -502,13 +502,90 @@ TEST_CASE("1,000 cancel/complete races on one connection: one resumption each, n
         }
     };
     ctx.block_on(run());
+    // Which side wins each round is up to the scheduler (under strace none was aborted): only the invariants
+    // are checked here; each outcome is forced in the next test case.
     CHECK(resumed == rounds);
     CHECK(aborted + completed == rounds);
     CHECK(stream_intact);
     CHECK(received_bytes == sent_bytes);
-    INFO("aborted " << aborted << ", completed " << completed);
-    CHECK(aborted > 0);
-    CHECK(completed > 0);
+}
+
+namespace {
+task<result<std::size_t>> recv_some(tcp_socket& sock, std::uint8_t* p, std::size_t n, std::stop_token st) {
+    auto r = co_await sock.recv(coport::buffer(p, n), std::move(st));
+    co_return r;
+}
+} // namespace
+
+TEST_CASE("recv: a stop while it is surely pending aborts it and loses no byte; a stop after it completed changes "
+          "nothing",
+          "[tcp][cancel]") {
+    io_context ctx;
+    auto l = listen_on(ctx);
+    auto port = port_of(l);
+    auto connect_both = [](io_context& cx, tcp_listener& lis, std::uint16_t p) -> task<std::vector<tcp_socket>> {
+        std::vector<tcp_socket> v;
+        auto c = co_await tcp_socket::connect(cx, "127.0.0.1", p);
+        auto s = co_await lis.accept();
+        if (c && s) {
+            v.push_back(std::move(*c));
+            v.push_back(std::move(*s));
+        }
+        co_return v;
+    };
+    auto socks = ctx.block_on(connect_both(ctx, l, port));
+    REQUIRE(socks.size() == 2);
+    tcp_socket& c = socks[0];
+    tcp_socket& s = socks[1];
+    const std::uint8_t data[3] = {1, 2, 3};
+    std::uint8_t in[3] = {};
+
+    SECTION("stop first: nothing was sent, so the recv is pending when the stop comes") {
+        std::stop_source src;
+        // when_all starts its children in order on this thread: the recv is in progress before this runs.
+        auto stopper = [](io_context& cx, std::stop_source& ss) -> task<void> {
+            co_await cx.schedule();
+            ss.request_stop();
+        };
+        auto both = [](task<result<std::size_t>> rv, task<void> sp) -> task<result<std::size_t>> {
+            auto [r, v] = co_await coport::when_all(std::move(rv), std::move(sp));
+            (void)v;
+            co_return r;
+        };
+        auto rv = recv_some(c, in, sizeof in, src.get_token());
+        auto sp = stopper(ctx, src);
+        auto r = ctx.block_on(both(std::move(rv), std::move(sp)));
+        REQUIRE(!r);
+        CHECK(r.error() == coport::errc::operation_aborted);
+        // The aborted recv consumed nothing: bytes sent now all arrive, in order.
+        REQUIRE(ctx.block_on(s.send_all(coport::buffer(data, sizeof data))));
+        auto n = ctx.block_on(c.recv_exact(coport::buffer(in, sizeof in)));
+        REQUIRE(n);
+        CHECK(*n == 3);
+        CHECK((in[0] == 1 && in[1] == 2 && in[2] == 3));
+    }
+    SECTION("completion first: the data is sent and no stop comes until the recv has returned") {
+        std::stop_source src;
+        REQUIRE(ctx.block_on(s.send_all(coport::buffer(data, sizeof data))));
+        auto r = ctx.block_on(recv_some(c, in, sizeof in, src.get_token()));
+        src.request_stop(); // after the completion: it must not turn it into an error
+        REQUIRE(r);
+        REQUIRE(*r >= 1);
+        std::size_t got = *r;
+        if (got < sizeof in) {
+            auto n = ctx.block_on(c.recv_exact(coport::buffer(in + got, sizeof in - got)));
+            REQUIRE(n);
+            CHECK(*n == sizeof in - got);
+        }
+        CHECK((in[0] == 1 && in[1] == 2 && in[2] == 3));
+        // The stream goes on: the next recv (without the stopped token) gets the next bytes.
+        const std::uint8_t more[2] = {4, 5};
+        REQUIRE(ctx.block_on(s.send_all(coport::buffer(more, sizeof more))));
+        auto n = ctx.block_on(c.recv_exact(coport::buffer(in, sizeof more)));
+        REQUIRE(n);
+        CHECK(*n == 2);
+        CHECK((in[0] == 4 && in[1] == 5));
+    }
 }
 
 namespace {

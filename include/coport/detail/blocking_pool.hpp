@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // A few threads for calls that can only block (getaddrinfo), so that they never hold up the threads that
-// run the completion port. Started on first use; joined when the io_context is destroyed. Part of the
-// engine (coport/detail/config.hpp): the header declares it, so that files including coport do not parse
-// <condition_variable>, <thread> and <functional> for it or compile its code.
+// run the completion port. Started on first use. Destroying the pool (with its io_context) does not wait for
+// a blocking call in progress: its job is abandoned and its thread detached, to finish in the background on
+// state the pool shares with its threads. Part of the engine (coport/detail/config.hpp): the header declares
+// it, so that files including coport do not parse <condition_variable>, <thread> and <functional> for it or
+// compile its code.
 
 #include <coport/detail/config.hpp>
 
@@ -12,12 +14,19 @@
 
 namespace coport::detail {
 
-/// A job for the pool: run(true) on a pool thread, or run(false) when the pool is destroyed before the
-/// job ran (to complete its waiter with an error). The pool deletes it afterwards.
+/// A job for the pool. `run()` runs on a pool thread; the pool deletes the job once it has returned.
+/// If the pool is destroyed before `run()` has returned, `abandon()` is called on the destroying thread,
+/// exactly once, while the io_context still exists: it completes the job's waiter at once (with an error).
+/// - The job never started: run() is not called; the job is deleted after abandon().
+/// - run() is in progress (blocked in a call that cannot be interrupted): when abandon() returns, run()
+///   must no longer touch the io_context or the waiter — it drops its answer; its thread has been detached
+///   and the io_context may be gone. abandon() therefore waits for a completion that run() has already
+///   begun, so that the waiter is completed exactly once, by one of them.
 class blocking_job {
 public:
     virtual ~blocking_job() = default;
-    virtual void run(bool ran) = 0;
+    virtual void run() = 0;
+    virtual void abandon() noexcept = 0;
 
 private:
     friend class blocking_pool;
@@ -28,6 +37,8 @@ class blocking_pool {
 public:
     static constexpr std::size_t max_threads = 4;
     COPORT_DECL blocking_pool();
+    /// Abandons every job not finished (see blocking_job), joins the idle threads and detaches the busy
+    /// ones. Never waits for a blocking call.
     COPORT_DECL ~blocking_pool();
     blocking_pool(const blocking_pool&) = delete;
     blocking_pool& operator=(const blocking_pool&) = delete;
@@ -36,25 +47,31 @@ public:
 
 private:
     struct state;
-    std::unique_ptr<state> m_state;
+    std::shared_ptr<state> m_state; // shared with the threads: a detached one may outlive the pool
 };
 
 } // namespace coport::detail
 
 #if COPORT_DEFINE_ENGINE // see coport/detail/config.hpp
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace coport::detail {
 
 struct blocking_pool::state {
+    struct worker {
+        std::thread thread;
+        blocking_job* running = nullptr; // the job in run(), under `mutex`
+    };
     std::mutex mutex;
     std::condition_variable cv;
     blocking_job* head = nullptr; // queued jobs, oldest first
     blocking_job* tail = nullptr;
-    std::vector<std::thread> threads;
+    std::vector<std::unique_ptr<worker>> workers;
     std::size_t idle = 0;
     bool stopping = false;
 
@@ -64,39 +81,58 @@ struct blocking_pool::state {
         if (!head) tail = nullptr;
         return j;
     }
-    void loop() {
-        std::unique_lock lock(mutex);
+    // `self` keeps the state alive for a thread the destructor detached.
+    static void loop(std::shared_ptr<state> self, worker& w) {
+        state& s = *self;
+        std::unique_lock lock(s.mutex);
         for (;;) {
-            ++idle;
-            cv.wait(lock, [this] { return stopping || head; });
-            --idle;
-            if (stopping) return;
-            std::unique_ptr<blocking_job> job(pop());
+            ++s.idle;
+            s.cv.wait(lock, [&s] { return s.stopping || s.head; });
+            --s.idle;
+            if (s.stopping) return;
+            blocking_job* job = s.pop();
+            w.running = job;
             lock.unlock();
-            job->run(true);
-            job.reset();
+            job->run();
+            lock.lock();
+            // Cleared under the lock: the destructor calls abandon() only on a job still listed here, so the
+            // job is not deleted while abandon() runs.
+            w.running = nullptr;
+            lock.unlock();
+            delete job;
             lock.lock();
         }
     }
 };
 
-COPORT_DECL blocking_pool::blocking_pool() : m_state(std::make_unique<state>()) {}
+COPORT_DECL blocking_pool::blocking_pool() : m_state(std::make_shared<state>()) {}
 
 COPORT_DECL blocking_pool::~blocking_pool() {
     state& s = *m_state;
-    blocking_job* left;
+    blocking_job* queued;
+    std::vector<std::thread> idle, busy;
     {
         std::lock_guard lock(s.mutex);
         s.stopping = true;
-        left = s.head;
+        queued = s.head;
         s.head = s.tail = nullptr;
+        for (auto& w : s.workers) {
+            if (w->running) {
+                // A blocking call that may take seconds more: complete its waiter now, leave the call behind.
+                w->running->abandon();
+                busy.push_back(std::move(w->thread));
+            } else {
+                idle.push_back(std::move(w->thread));
+            }
+        }
     }
     s.cv.notify_all();
-    for (auto& t : s.threads) t.join();
-    while (left) { // never ran: told so, to complete their waiters with an error
-        std::unique_ptr<blocking_job> job(left);
-        left = left->m_next;
-        job->run(false);
+    for (auto& t : idle) t.join();
+    for (auto& t : busy) t.detach();
+    while (queued) { // never ran
+        std::unique_ptr<blocking_job> job(queued);
+        queued = queued->m_next;
+        job->abandon();
     }
 }
 
@@ -108,8 +144,19 @@ COPORT_DECL void blocking_pool::submit(std::unique_ptr<blocking_job> job) {
     if (s.tail) s.tail->m_next = j;
     else s.head = j;
     s.tail = j;
-    if (s.idle == 0 && s.threads.size() < max_threads) s.threads.emplace_back([&s] { s.loop(); });
-    else s.cv.notify_one();
+    if (s.idle == 0 && s.workers.size() < max_threads) {
+        auto w = std::make_unique<state::worker>();
+        state::worker& wr = *w;
+        s.workers.push_back(std::move(w));
+        try {
+            wr.thread = std::thread(&state::loop, m_state, std::ref(wr));
+        } catch (...) {
+            s.workers.pop_back(); // the job stays queued for the next thread, or for abandon()
+            throw;
+        }
+    } else {
+        s.cv.notify_one();
+    }
 }
 
 } // namespace coport::detail

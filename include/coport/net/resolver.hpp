@@ -9,6 +9,8 @@
 /// - Errors: `errc::host_not_found`, `errc::host_not_found_try_again`, `errc::service_not_found`, ...
 /// - Cancel: a stop request resumes the coroutine at once with `errc::operation_aborted`; the lookup
 ///   itself cannot be interrupted and finishes in the background, its answer dropped.
+/// - Destroying `ctx` does not wait for a lookup in progress either: its coroutine is resumed at once (on
+///   the destroying thread) with `errc::operation_aborted`, and the lookup finishes in the background.
 
 #include <coport/detail/stop_registration.hpp>
 #include <coport/error.hpp>
@@ -135,12 +137,22 @@ private:
     struct lookup final : detail::blocking_job {
         lookup(std::shared_ptr<state> st, std::string host, std::string service)
             : m_st(std::move(st)), m_host(std::move(host)), m_service(std::move(service)) {}
-        void run(bool ran) override {
-            if (ran) m_st->finish(detail::getaddrinfo_blocking(m_host, m_service));
-            else m_st->finish(unexpected(make_error_code(error::operation_aborted)));
+        void run() override {
+            auto r = detail::getaddrinfo_blocking(m_host, m_service);
+            // Held across finish(): its post and work_finished() touch the context, which abandon() (the
+            // context being destroyed) must not see freed. Once abandoned, the context may be gone.
+            std::lock_guard lock(m_mutex);
+            if (!m_abandoned) m_st->finish(std::move(r));
+        }
+        void abandon() noexcept override {
+            std::lock_guard lock(m_mutex); // waits for a finish() that run() has begun
+            m_abandoned = true;
+            m_st->finish(unexpected(make_error_code(error::operation_aborted)));
         }
         std::shared_ptr<state> m_st;
         std::string m_host, m_service;
+        std::mutex m_mutex;
+        bool m_abandoned = false; // the context is being destroyed: run() drops its answer
     };
     io_context& m_ctx;
     std::string m_host, m_service;
