@@ -4,8 +4,10 @@
 /// `co_await when_all(a, b, ...)` runs every awaitable concurrently and resumes when all have finished,
 /// with a `std::tuple` of their results (`void` becomes `void_value`). `when_all(std::vector<task<T>>)`
 /// gives a `std::vector<T>` (or nothing for `task<void>`).
-/// - The children start in order on the awaiting thread; the caller resumes on the thread that finishes
-///   the last child.
+/// - The children start in order on the awaiting thread, and they and the caller resume on it (the
+///   resumption rule, io_context.hpp): two children never run at the same time, so they may share state
+///   without a lock. (A child that moves on purpose, e.g. `co_await ctx.schedule()`, takes the rest of its
+///   own run elsewhere; the caller then resumes on the thread that finishes the last child.)
 /// - If children throw, all still run to completion; then the first exception (by position) is rethrown.
 /// - Cancellation: pass the same `std::stop_token` to the children; when_all itself cancels nothing
 ///   (see when_any for first-wins with cancellation).

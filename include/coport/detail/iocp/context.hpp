@@ -64,7 +64,7 @@ enum : std::uint8_t {
 };
 
 /// Base of every IOCP operation. The OVERLAPPED is its first member, so the worker loop turns the
-/// LPOVERLAPPED of a packet back into the operation (COMPILERS.md rule 3). Awaiters derive from it and
+/// LPOVERLAPPED of a packet back into the operation. Awaiters derive from it and
 /// stay put (non-copyable, non-movable) while it is in flight.
 ///
 /// Starter protocol of an I/O awaiter (await_suspend), all on the starting thread:
