@@ -239,7 +239,7 @@ public:
     std::atomic<clock::rep> m_earliest{no_deadline}; // the heap top's deadline, readable without the lock
     void update_earliest() noexcept {                // under m_timer_mutex
         timer_node* t = m_timers.top();
-        m_earliest.store(t ? t->m_deadline.time_since_epoch().count() : no_deadline, std::memory_order_release);
+        m_earliest.store(t ? t->m_deadline.time_since_epoch().count() : no_deadline);
     }
 
 private:
@@ -254,10 +254,10 @@ private:
     bool alert_locked() noexcept; // under m_mutex: an APC to the holder's thread if it sleeps
     void stash_local() noexcept;  // the local queue's items into the locked one, for the next holder
     bool leave_requested() const noexcept;
-    [[nodiscard]] bool has_pending() const noexcept {
-        return m_remote_hint.load(std::memory_order_acquire) ||
-               m_earliest.load(std::memory_order_acquire) != no_deadline;
-    }
+    // Sequentially consistent, like the stores of m_remote_hint, m_earliest and m_claimed: a holder that
+    // lets go (m_claimed = false, then has_pending()) and a thread that queues work for it (the hint, then
+    // a servicer's claim) must not both miss the other.
+    [[nodiscard]] bool has_pending() const noexcept { return m_remote_hint.load() || m_earliest.load() != no_deadline; }
 
     context& m_ctx;
     unsigned m_index;
@@ -560,7 +560,7 @@ COPORT_DECL void worker::push_remote(work_item* w) noexcept {
     {
         std::lock_guard lock(m_mutex);
         m_remote.push(w);
-        m_remote_hint.store(true, std::memory_order_release);
+        m_remote_hint.store(true);
         orphan = m_thread == nullptr;
         alert_locked();
     }
@@ -581,7 +581,7 @@ COPORT_DECL void worker::stash_local() noexcept {
     if (m_local.empty()) return;
     std::lock_guard lock(m_mutex);
     m_remote.splice(m_local);
-    m_remote_hint.store(true, std::memory_order_release);
+    m_remote_hint.store(true);
 }
 
 COPORT_DECL void worker::attach_thread() noexcept {
@@ -704,13 +704,14 @@ COPORT_DECL std::size_t worker::loop(mode m) {
         if (m_until && m_until->load(std::memory_order_acquire)) break;
 
         bool block = m != mode::poll && n == 0 && m_local.empty();
+        bool announced = false; // m_sleeping set: cleared after the wait
         if (block) {
             // The reasons to leave (run_until's flag, stop(), out of work) are set without this lock and then
             // announced by wake(), which queues an APC only to a thread it finds sleeping: read them again
             // after m_sleeping is set under the lock. An APC queued before the wait starts ends it at once.
             std::lock_guard lock(m_mutex);
             if (!m_remote.empty() || leave_requested()) block = false;
-            else m_sleeping = true;
+            else m_sleeping = announced = true;
         }
         // After m_sleeping is set: work pushed to an orphan from now on wakes this thread (wake_servicer).
         context::orphan_turn orphans;
@@ -723,7 +724,7 @@ COPORT_DECL std::size_t worker::loop(mode m) {
         ULONG got = 0;
         const BOOL ok = ::GetQueuedCompletionStatusEx(ctx.m_port, entries.data(), batch, &got, timeout, TRUE);
         const DWORD err = ok ? 0 : ::GetLastError();
-        if (block) {
+        if (announced) {
             std::lock_guard lock(m_mutex);
             m_sleeping = false;
         }
@@ -926,9 +927,8 @@ COPORT_DECL worker* context::claim_worker() {
 COPORT_DECL void context::release_worker(worker& w) noexcept {
     w.m_until = nullptr;
     w.detach_thread();
-    const bool pending = w.has_pending();
-    w.m_claimed.store(false, std::memory_order_release);
-    if (pending) wake_servicer(&w); // its timers and queued items now wait for another thread
+    w.m_claimed.store(false); // then has_pending(): see has_pending
+    if (w.has_pending()) wake_servicer(&w); // its timers and queued items now wait for another thread
 }
 
 COPORT_DECL context::orphan_turn context::service_orphans(worker& self) noexcept {
@@ -947,8 +947,8 @@ COPORT_DECL context::orphan_turn context::service_orphans(worker& self) noexcept
         out.ran += w.fire_timers(unlimited);
         slot = &self;
         w.stash_local(); // queued by those handlers: where the next holder looks
+        w.m_claimed.store(false); // then has_pending(): see has_pending
         out.pending = out.pending || w.has_pending();
-        w.m_claimed.store(false, std::memory_order_release);
     }
     return out;
 }
