@@ -137,14 +137,16 @@ public:
               std::unique_lock lock(m_mutex);
               while (!m_cv.wait_until(lock, next, [this] { return m_done; })) {
                   std::fprintf(stderr,
-                               "watchdog: still running: started %ld resumed %ld aborted %ld succeeded %ld other %ld; "
+                               "watchdog: still %s: started %ld resumed %ld aborted %ld succeeded %ld other %ld; "
                                "bytes sent %llu received %llu; connected %ld accepted %ld\n",
-                               c.started.load(), c.resumed.load(), c.aborted.load(), c.succeeded.load(),
+                               m_phase.load(), c.started.load(), c.resumed.load(), c.aborted.load(), c.succeeded.load(),
                                c.failed_other.load(), static_cast<unsigned long long>(sent.load()),
                                static_cast<unsigned long long>(recvd.load()), connected.load(), accepted.load());
                   next += 30s;
               }
           }) {}
+    /// What the test is doing now (a string literal).
+    void phase(const char* what) noexcept { m_phase.store(what); }
     ~watchdog() {
         {
             std::lock_guard lock(m_mutex);
@@ -158,6 +160,7 @@ private:
     std::mutex m_mutex;
     std::condition_variable m_cv;
     bool m_done = false;
+    std::atomic<const char*> m_phase{"starting"};
     std::thread m_thread;
 };
 
@@ -205,6 +208,13 @@ task<void> accept_connect_rounds(io_context& ctx, tcp_listener& l, std::uint16_t
 } // namespace
 
 TEST_CASE("100,000 random-moment cancellations of recv/send/accept/connect/timer on 4 threads", "[stress][cancel]") {
+    counters c;
+    std::atomic<bool> corrupt{false};
+    std::atomic<std::uint64_t> sent_total{0}, recv_total{0};
+    std::atomic<long> connected{0}, accepted{0};
+    // A run that hangs leaves evidence: the phase and the progress counters, printed every 30 s after 60 s.
+    watchdog dog(c, sent_total, recv_total, connected, accepted);
+    dog.phase("constructing the context");
     io_context ctx;
     const bool iocp = std::string(ctx.backend_name()) == "iocp";
     auto lr = tcp_listener::bind(ctx, endpoint(ip_address::loopback_v4(), 0));
@@ -215,10 +225,6 @@ TEST_CASE("100,000 random-moment cancellations of recv/send/accept/connect/timer
     const int stream_rounds_each = 2500;  // 8 x 2,500 x 2 ops = 40,000
     const int timer_rounds_total = 40000; // in groups of 4
     const int accept_rounds = iocp ? 2000 : 10000; // x 2 ops
-    counters c;
-    std::atomic<bool> corrupt{false};
-    std::atomic<std::uint64_t> sent_total{0}, recv_total{0};
-    std::atomic<long> connected{0}, accepted{0};
     std::vector<tcp_socket> kept;
 
     auto all = [&]() -> task<void> {
@@ -231,12 +237,15 @@ TEST_CASE("100,000 random-moment cancellations of recv/send/accept/connect/timer
             as.push_back(std::move(*x));
             bs.push_back(std::move(*y));
         }
+        dog.phase("running the rounds");
+        // Spread over the threads running ctx (spawn(ctx, ...)): each group then stays on its thread.
         coport::async_scope scope;
         for (int i = 0; i < pairs; ++i)
-            scope.spawn(stream_rounds(ctx, as[i], bs[i], stream_rounds_each, 100 + i, c, corrupt, sent_total, recv_total));
-        for (int i = 0; i < 4; ++i) scope.spawn(timer_rounds(ctx, timer_rounds_total / 4, 200 + i, c));
-        scope.spawn(accept_connect_rounds(ctx, l, port, accept_rounds, 300, c, connected, accepted, kept));
+            scope.spawn(ctx, stream_rounds(ctx, as[i], bs[i], stream_rounds_each, 100 + i, c, corrupt, sent_total, recv_total));
+        for (int i = 0; i < 4; ++i) scope.spawn(ctx, timer_rounds(ctx, timer_rounds_total / 4, 200 + i, c));
+        scope.spawn(ctx, accept_connect_rounds(ctx, l, port, accept_rounds, 300, c, connected, accepted, kept));
         co_await scope.join();
+        dog.phase("accepting the connects left in the backlog");
         // A connect that won while its accept was cancelled is still in the backlog: accept it now.
         while (accepted.load() < connected.load()) {
             auto r = co_await coport::with_timeout(ctx, 5s, [&](std::stop_token st) { return l.accept(st); });
@@ -245,14 +254,15 @@ TEST_CASE("100,000 random-moment cancellations of recv/send/accept/connect/timer
         }
     };
     {
-        // A run that hangs leaves evidence: the progress counters, printed every 30 s after the first 60 s.
-        watchdog dog(c, sent_total, recv_total, connected, accepted);
+        dog.phase("setting up connections");
         coport::thread_pool_runner pool(ctx, 3);
         auto guard = ctx.make_work_guard();
         ctx.block_on(all());
+        dog.phase("joining the threads");
         guard.reset();
         pool.join();
     }
+    dog.phase("checking");
     INFO("started " << c.started << ", aborted " << c.aborted << ", succeeded " << c.succeeded);
     // 100,000 natively; under Wine fewer accept/connect rounds (each costs several wineserver calls).
     const long expected = 2L * pairs * stream_rounds_each + timer_rounds_total + 2L * accept_rounds;
@@ -270,6 +280,7 @@ TEST_CASE("100,000 random-moment cancellations of recv/send/accept/connect/timer
     // and the accepted one just sees the end of stream. So the accepts are bounded by the connect attempts.
     CHECK(accepted.load() >= connected.load());
     CHECK(accepted.load() <= accept_rounds);
+    dog.phase("destroying the sockets and the context"); // at the closing brace, before the watchdog goes
 }
 
 TEST_CASE("destroying an io_context with thousands of operations of each kind in flight", "[stress][shutdown]") {
