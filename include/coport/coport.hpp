@@ -16,6 +16,7 @@
 #include <coport/net/udp.hpp>
 #include <coport/result.hpp>
 #include <coport/scope.hpp>
+#include <coport/sync.hpp>
 #include <coport/sync_wait.hpp>
 #include <coport/task.hpp>
 #include <coport/timer.hpp>

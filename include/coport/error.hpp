@@ -42,6 +42,7 @@ enum class errc {
     too_many_files,        ///< EMFILE, ENFILE, WSAEMFILE
     not_supported,         ///< the OS or kernel lacks the feature (EOPNOTSUPP, ENOSYS, WSAEOPNOTSUPP)
     permission_denied,     ///< EACCES, EPERM, WSAEACCES
+    channel_closed,        ///< a channel was closed (and, for a receive, drained): coport::error::channel_closed
 };
 
 /// Codes produced by coport itself (category `coport::error_category()`).
@@ -56,6 +57,7 @@ enum class error {
     address_family_not_supported, ///< resolver or socket: unsupported family
     bad_address,              ///< an address string that does not parse
     backend_unavailable,      ///< the requested I/O backend cannot be set up here (see message/log)
+    channel_closed,           ///< channel<T>: send after close(), or receive after close() once drained
 };
 
 const std::error_category& error_category() noexcept;
@@ -100,6 +102,7 @@ public:
         case error::address_family_not_supported: return "address family not supported";
         case error::bad_address: return "bad address";
         case error::backend_unavailable: return "I/O backend unavailable";
+        case error::channel_closed: return "channel closed";
         }
         return "unknown coport error " + std::to_string(v);
     }
@@ -115,6 +118,7 @@ public:
         case error::address_family_not_supported: return errc::not_supported;
         case error::bad_address: return errc::bad_address;
         case error::backend_unavailable: return errc::not_supported;
+        case error::channel_closed: return errc::channel_closed;
         }
         return {v, *this};
     }
@@ -148,6 +152,7 @@ public:
         case errc::too_many_files: return "too many open files";
         case errc::not_supported: return "operation not supported";
         case errc::permission_denied: return "permission denied";
+        case errc::channel_closed: return "channel closed";
         }
         return "unknown condition " + std::to_string(v);
     }
