@@ -259,7 +259,10 @@ TEST_CASE("channel: close while full and while empty; try_send/try_recv", "[sync
         // A send waiting on a full channel ends with channel_closed at close(), its value not delivered.
         coport::async_scope scope;
         coport::result<void> blocked_send;
-        auto sender = [&]() -> task<void> { blocked_send = co_await ch.send("d"); };
+        auto sender = [&]() -> task<void> {
+            std::string d = "d"; // named: see the run_blocking test
+            blocked_send = co_await ch.send(std::move(d));
+        };
         scope.spawn(sender());
         ch.close();
         co_await scope.join();
@@ -271,7 +274,8 @@ TEST_CASE("channel: close while full and while empty; try_send/try_recv", "[sync
         CHECK((x && *x == "a"));
         CHECK((y && *y == "b"));
         CHECK(z.error() == coport::errc::channel_closed);
-        auto late = co_await ch.send("e");
+        std::string e = "e";
+        auto late = co_await ch.send(std::move(e));
         CHECK(late.error() == coport::errc::channel_closed);
         CHECK_FALSE(ch.try_recv().has_value());
 
@@ -399,4 +403,109 @@ TEST_CASE("channel: 100,000 random-moment cancellations of send and recv, each v
         if (v != 0 && v != 1001) ++bad;
     }
     CHECK(bad == 0);
+}
+
+TEST_CASE("async_scope::request_stop ends 10,000 children blocked in recv, timers and channel waits; join returns",
+          "[sync][scope]") {
+    io_context ctx;
+    constexpr int pairs = 100; // a socket has one recv in flight at a time: 100 connections, one reader each
+    const int per_kind = is_iocp(ctx) ? 1000 : (10000 - pairs) / 2;
+    auto lr = coport::tcp_listener::bind(ctx, coport::endpoint(coport::ip_address::loopback_v4(), 0));
+    REQUIRE(lr);
+    const auto port = lr->local_endpoint()->port();
+    coport::channel<int> ch(ctx, 1);
+    std::atomic<int> aborted{0}, other{0}, started{0};
+    std::vector<coport::tcp_socket> ends;
+    auto body = [&]() -> task<void> {
+        for (int i = 0; i < pairs; ++i) {
+            auto c = co_await coport::tcp_socket::connect(ctx, "127.0.0.1", port);
+            auto s = co_await lr->accept();
+            if (!c || !s) co_return;
+            ends.push_back(std::move(*c));
+            ends.push_back(std::move(*s));
+        }
+        coport::async_scope scope;
+        auto count = [&](const std::error_code& ec) {
+            if (ec == coport::errc::operation_aborted) aborted.fetch_add(1);
+            else other.fetch_add(1);
+        };
+        auto sleeper = [&](std::stop_token st) -> task<void> {
+            started.fetch_add(1);
+            auto r = co_await ctx.sleep_for(1h, st);
+            count(r.error());
+        };
+        auto receiver = [&](std::stop_token st) -> task<void> {
+            started.fetch_add(1);
+            auto r = co_await ch.recv(st);
+            count(r.error());
+        };
+        auto reader = [&](coport::tcp_socket& sock, std::stop_token st) -> task<void> {
+            started.fetch_add(1);
+            char x;
+            auto r = co_await sock.recv(coport::buffer(&x, 1), st);
+            count(r.error());
+        };
+        for (int i = 0; i < per_kind; ++i) scope.spawn(ctx, sleeper(scope.get_stop_token()));
+        for (int i = 0; i < per_kind; ++i) scope.spawn(ctx, receiver(scope.get_stop_token()));
+        for (int i = 0; i < pairs; ++i) scope.spawn(ctx, reader(ends[static_cast<std::size_t>(2 * i)], scope.get_stop_token()));
+        while (started.load() < 2 * per_kind + pairs) co_await ctx.sleep_for(1ms);
+        co_await ctx.sleep_for(10ms); // let them reach their waits
+        CHECK(scope.request_stop());
+        co_await scope.join();
+    };
+    {
+        coport::thread_pool_runner pool(ctx, 4);
+        ctx.block_on(body());
+        pool.join();
+    }
+    CHECK(aborted.load() == 2 * per_kind + pairs);
+    CHECK(other.load() == 0);
+}
+
+TEST_CASE("io_context::run_blocking: the value on the awaiting thread, exceptions rethrown, a stop aborts at once",
+          "[sync][blocking]") {
+    io_context ctx;
+    coport::thread_pool_runner pool(ctx, 2);
+    auto body = [&]() -> task<int> {
+        int score = 0;
+        const auto me = current_thread_id();
+        std::thread::id ran_on;
+        auto v = co_await ctx.run_blocking([&] {
+            ran_on = std::this_thread::get_id();
+            return 41;
+        });
+        if (v && *v == 41 && ran_on != me && current_thread_id() == me) score += 1;
+        auto none = co_await ctx.run_blocking([] {});
+        if (none) score += 10;
+        try {
+            auto t = co_await ctx.run_blocking([]() -> int { throw std::runtime_error("thrown"); });
+            (void)t;
+        } catch (const std::runtime_error& e) {
+            if (std::string(e.what()) == "thrown") score += 100;
+        }
+        std::stop_source stop;
+        // Shared with the call, which goes on after the abort and may outlive this frame.
+        auto release = std::make_shared<std::atomic<bool>>(false);
+        auto returned = std::make_shared<std::atomic<bool>>(false);
+        auto stopper = [&]() -> task<void> {
+            co_await ctx.sleep_for(20ms);
+            stop.request_stop();
+        };
+        coport::async_scope scope;
+        scope.spawn(stopper());
+        // Named first: a temporary with a non-trivial destructor in a co_await full-expression is one of the
+        // shapes g++ 12 miscompiles (a double destruction, GCC PR 100611 and kin).
+        auto spin = [release, returned] {
+            while (!release->load()) std::this_thread::sleep_for(1ms);
+            returned->store(true);
+        };
+        std::stop_token token = stop.get_token();
+        auto slow = co_await ctx.run_blocking(spin, token);
+        if (!slow && slow.error() == coport::errc::operation_aborted) score += 1000;
+        release->store(true);
+        while (!returned->load()) co_await ctx.sleep_for(1ms);
+        co_await scope.join();
+        co_return score;
+    };
+    CHECK(ctx.block_on(body()) == 1111);
 }

@@ -44,6 +44,7 @@
 /// `run()` call of the thread that ran it.
 
 #include <coport/detail/blocking_pool.hpp>
+#include <coport/detail/stop_registration.hpp>
 #include <coport/detail/child.hpp>
 #include <coport/detail/context_base.hpp>
 #include <coport/error.hpp>
@@ -52,6 +53,9 @@
 
 #include <chrono>
 #include <concepts>
+#include <exception>
+#include <memory>
+#include <mutex>
 #include <coroutine>
 #include <cstddef>
 #include <optional>
@@ -66,6 +70,8 @@
 namespace coport {
 
 namespace detail {
+template <class F>
+class run_blocking_awaiter;
 /// What every backend's context provides (checked below for the chosen one).
 template <class C>
 concept backend_context = requires(C& c, const C& cc, work_item* w, const std::atomic<bool>& done) {
@@ -197,6 +203,16 @@ public:
         return c.result().take();
     }
 
+    /// `co_await ctx.run_blocking(f, st)` → `result<R>` (R: what `f()` returns): runs `f()` on the context's
+    /// blocking pool (the threads name lookups use, at most 4: a call that blocks for long holds one of them)
+    /// and resumes the coroutine on the thread that awaited it (the resumption rule) with its value. An
+    /// exception thrown by `f` is rethrown by the co_await. Cancel: a stop request, or the context's
+    /// destruction, resumes it at once with `errc::operation_aborted`; `f` itself cannot be interrupted and
+    /// finishes in the background, its result dropped (so `f` must not refer to what the coroutine frees).
+    template <class F>
+        requires std::invocable<std::decay_t<F>&>
+    [[nodiscard]] detail::run_blocking_awaiter<std::decay_t<F>> run_blocking(F&& f, std::stop_token st = {});
+
     /// The backend object (for the library's awaitables).
     detail::backend::context& native() noexcept { return m_impl; }
     /// Threads for blocking calls such as name resolution (for the library's awaitables).
@@ -317,5 +333,135 @@ COPORT_DECL void thread_pool_runner::release_and_join() noexcept {
         if (t.joinable()) t.join();
 }
 #endif // COPORT_DEFINE_ENGINE
+
+namespace detail {
+/// What a call on the blocking pool shares between the awaiting coroutine and the pool thread. The first
+/// of {the call's answer, a stop request, the pool's abandon()} resumes the coroutine; the others are
+/// dropped. `T` is a result<...>.
+template <class T>
+struct blocking_state {
+    std::mutex mutex;
+    std::optional<T> value;
+    std::exception_ptr exception;
+    resume_item item;
+    io_context* ctx = nullptr;
+    backend::worker* owner = nullptr; // resumes it: the thread that awaited (the resumption rule)
+    bool armed = false;               // submitted: a stop may now resume the coroutine
+    bool stop_pending = false;        // a stop came before that
+    void on_stop() {
+        {
+            std::lock_guard lock(mutex);
+            if (!armed) {
+                stop_pending = true;
+                return;
+            }
+        }
+        finish(unexpected(make_error_code(error::operation_aborted)));
+    }
+    void arm() {
+        bool stop;
+        {
+            std::lock_guard lock(mutex);
+            armed = true;
+            stop = stop_pending;
+        }
+        if (stop) finish(unexpected(make_error_code(error::operation_aborted)));
+    }
+    void finish(T v, std::exception_ptr e = nullptr) {
+        {
+            std::lock_guard lock(mutex);
+            if (value) return;
+            value.emplace(std::move(v));
+            exception = std::move(e);
+        }
+        io_context* c = ctx;
+        c->native().post_to(*owner, &item);
+        c->native().work_finished();
+    }
+};
+
+/// The pool job of run_blocking: `run()` makes the call; `abandon()` (the context is being destroyed) ends
+/// the wait at once, after which a call still running drops its answer and touches nothing of the context.
+template <class T, class F>
+struct blocking_call final : blocking_job {
+    blocking_call(std::shared_ptr<blocking_state<T>> st, F f) : m_st(std::move(st)), m_fn(std::move(f)) {}
+    void run() override {
+        std::optional<T> r;
+        std::exception_ptr e;
+        try {
+            if constexpr (std::is_void_v<std::invoke_result_t<F&>>) {
+                m_fn();
+                r.emplace();
+            } else {
+                r.emplace(m_fn());
+            }
+        } catch (...) {
+            e = std::current_exception();
+            r.emplace(unexpected(make_error_code(error::operation_aborted))); // not seen: the exception is
+        }
+        std::lock_guard lock(m_mutex); // held across finish(): abandon() must not see it half done
+        if (!m_abandoned) m_st->finish(std::move(*r), std::move(e));
+    }
+    void abandon() noexcept override {
+        std::lock_guard lock(m_mutex);
+        m_abandoned = true;
+        m_st->finish(unexpected(make_error_code(error::operation_aborted)));
+    }
+    std::shared_ptr<blocking_state<T>> m_st;
+    F m_fn;
+    std::mutex m_mutex;
+    bool m_abandoned = false;
+};
+
+template <class F>
+class run_blocking_awaiter {
+    using R = std::invoke_result_t<F&>;
+    using T = result<R>;
+
+public:
+    run_blocking_awaiter(io_context& ctx, F f, std::stop_token st)
+        : m_ctx(&ctx), m_fn(std::move(f)), m_stop(std::move(st)) {}
+    run_blocking_awaiter(const run_blocking_awaiter&) = delete;
+    run_blocking_awaiter& operator=(const run_blocking_awaiter&) = delete;
+
+    bool await_ready() const noexcept { return m_stop.stop_requested(); }
+    [[gnu::noinline]] void await_suspend(std::coroutine_handle<> h) {
+        auto st = std::make_shared<blocking_state<T>>();
+        st->ctx = m_ctx;
+        st->owner = &m_ctx->native().home();
+        st->item.m_handle = h;
+        m_state = st;
+        io_context& ctx = *m_ctx;
+        if (m_stop.stop_possible()) m_reg.emplace(m_stop, on_stop_fn{st.get()});
+        ctx.native().work_started(); // the call is outstanding work: run() must not return meanwhile
+        ctx.blocking().submit(std::make_unique<blocking_call<T, F>>(st, std::move(m_fn)));
+        st->arm(); // published: only the local `st` from here
+    }
+    T await_resume() {
+        if (!m_state) return unexpected(make_error_code(error::operation_aborted)); // stopped before it began
+        m_reg.reset();
+        std::lock_guard lock(m_state->mutex);
+        if (m_state->exception) std::rethrow_exception(m_state->exception);
+        return std::move(*m_state->value);
+    }
+
+private:
+    struct on_stop_fn {
+        blocking_state<T>* m_state;
+        void operator()() const noexcept { m_state->on_stop(); }
+    };
+    io_context* m_ctx;
+    F m_fn;
+    std::stop_token m_stop;
+    std::shared_ptr<blocking_state<T>> m_state;
+    stop_registration<on_stop_fn> m_reg;
+};
+} // namespace detail
+
+template <class F>
+    requires std::invocable<std::decay_t<F>&>
+detail::run_blocking_awaiter<std::decay_t<F>> io_context::run_blocking(F&& f, std::stop_token st) {
+    return detail::run_blocking_awaiter<std::decay_t<F>>(*this, std::forward<F>(f), std::move(st));
+}
 
 } // namespace coport

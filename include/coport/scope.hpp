@@ -13,6 +13,9 @@
 /// - The first exception thrown by a spawned task is kept and rethrown by `join()`; later ones are dropped
 ///   (count them with `exceptions()`).
 /// - The scope must outlive its tasks: destroying it before `join()` completed is a bug (asserted).
+/// - Stopping: the scope owns a `std::stop_source`. Give `get_stop_token()` to what its tasks wait on
+///   (every coport operation takes a token); `request_stop()` then ends those waits with
+///   `errc::operation_aborted`, and `join()` resumes once the tasks have returned.
 
 #include <coport/detail/context_base.hpp>
 #include <coport/task.hpp>
@@ -23,6 +26,7 @@
 #include <cstddef>
 #include <exception>
 #include <mutex>
+#include <stop_token>
 
 namespace coport {
 
@@ -68,6 +72,12 @@ public:
     };
     /// Resumes when every spawned task has finished (on the thread that finished the last one).
     [[nodiscard]] join_awaiter join() noexcept { return join_awaiter{*this}; }
+
+    /// The token that request_stop() stops: pass it to the spawned tasks' operations.
+    [[nodiscard]] std::stop_token get_stop_token() const noexcept { return m_stop.get_token(); }
+    /// Asks every task holding get_stop_token() to stop (any thread). True if this call made the request.
+    bool request_stop() noexcept { return m_stop.request_stop(); }
+    [[nodiscard]] bool stop_requested() const noexcept { return m_stop.stop_requested(); }
 
     /// Number of tasks still running.
     [[nodiscard]] std::size_t active() const noexcept {
@@ -121,6 +131,7 @@ private:
     bool m_joined = false;
     std::mutex m_mutex;
     std::exception_ptr m_exception;
+    std::stop_source m_stop;
 };
 
 } // namespace coport
