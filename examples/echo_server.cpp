@@ -3,6 +3,7 @@
 //      then: echo_client 127.0.0.1 7777 "hello"
 #include <coport/coport.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -21,13 +22,19 @@ coport::task<void> session(coport::tcp_socket s) {
 
 coport::task<void> serve(coport::io_context& ctx, coport::tcp_listener& listener, long max_connections) {
     coport::async_scope scope;
-    for (long i = 0; max_connections == 0 || i < max_connections; ++i) {
+    for (long i = 0; max_connections == 0 || i < max_connections;) {
         auto s = co_await listener.accept();
+        if (!s && coport::tcp_listener::is_transient_accept_error(s.error())) {
+            std::fprintf(stderr, "accept: %s; again in 100 ms\n", s.error().message().c_str());
+            co_await ctx.sleep_for(std::chrono::milliseconds(100)); // e.g. out of descriptors: clients leave
+            continue;
+        }
         if (!s) {
             std::fprintf(stderr, "accept: %s\n", s.error().message().c_str());
             break;
         }
         scope.spawn(ctx, session(std::move(*s))); // sessions spread over the threads running ctx
+        ++i;
     }
     co_await scope.join();
 }

@@ -23,10 +23,14 @@ coport::task<void> session(coport::tcp_socket s) {
     }
 }
 
-coport::task<void> serve(coport::tcp_listener& listener, std::stop_token stop) {
+coport::task<void> serve(coport::io_context& ctx, coport::tcp_listener& listener, std::stop_token stop) {
     coport::async_scope scope;
     for (;;) {
         auto s = co_await listener.accept(stop);
+        if (!s && coport::tcp_listener::is_transient_accept_error(s.error())) {
+            co_await ctx.sleep_for(std::chrono::milliseconds(100), stop); // clients leave meanwhile
+            continue;
+        }
         if (!s) break; // stopped (operation_aborted) or failed
         scope.spawn(session(std::move(*s)));
     }
@@ -69,7 +73,7 @@ int main(int argc, char** argv) {
     std::stop_source stop;
     std::vector<std::thread> threads;
     for (unsigned i = 0; i < n; ++i)
-        threads.emplace_back([&, i] { contexts[i]->block_on(serve(listeners[i], stop.get_token())); });
+        threads.emplace_back([&, i] { contexts[i]->block_on(serve(*contexts[i], listeners[i], stop.get_token())); });
     if (seconds > 0) {
         std::this_thread::sleep_for(std::chrono::seconds(seconds));
         stop.request_stop(); // each accept resumes with operation_aborted; sessions end when clients close

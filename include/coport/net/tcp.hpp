@@ -140,8 +140,18 @@ public:
     }
 
     using accept_awaiter = detail::accept_awaiter<tcp_socket>;
+    /// True for the accept errors that pass by themselves: out of descriptors (`errc::too_many_files`:
+    /// EMFILE, ENFILE, WSAEMFILE), out of buffer space or memory (ENOBUFS, ENOMEM, WSAENOBUFS), and a client
+    /// gone before it was accepted (`errc::connection_aborted`). A server pauses (descriptors come back as
+    /// connections close) and accepts again; ending the accept loop on them stops the server for good.
+    [[nodiscard]] static bool is_transient_accept_error(const std::error_code& ec) noexcept {
+        return ec == errc::too_many_files || ec == errc::connection_aborted || ec == std::errc::no_buffer_space ||
+               ec == std::errc::not_enough_memory;
+    }
     /// Accepts the next connection (on the listener's io_context). Errors: `operation_aborted`
-    /// (cancelled or closed), `too_many_files`. A client that resets before it is accepted is skipped.
+    /// (cancelled or closed), `too_many_files`, and the others is_transient_accept_error() names: an accept
+    /// loop should wait those out and go on (see examples/echo_server.cpp), not end on them. A client that
+    /// resets before it is accepted is skipped.
     [[nodiscard]] accept_awaiter accept(std::stop_token st = {}) {
         if (!m_impl) throw std::logic_error("coport::tcp_listener: accept on a listener that is not open");
         return accept_awaiter(*m_ctx, m_impl.get(), std::move(st));
