@@ -98,6 +98,10 @@ public:
     int m_res = 0;
     std::uint32_t m_cqe_flags = 0;
     worker* m_worker = nullptr;
+    /// Where the coroutine resumes, if not on m_worker: an operation that waits on another worker (a
+    /// listener's accept waits on its acceptor's) still resumes on the thread that started it (the
+    /// resumption rule). Null: m_worker.
+    worker* m_resume_on = nullptr;
     std::atomic<std::uint8_t> m_cancel{cancel_idle};
     bool m_started = false;
     bool m_done = false;
@@ -110,11 +114,13 @@ public:
     };
     node m_start_node{&run_start, this};
     node m_cancel_node{&run_cancel, this};
+    node m_resume_node{&run_resume, this}; // resumes it on m_resume_on
     const vtable* m_vt;
 
 private:
     static void run_start(work_item* w) noexcept;
     static void run_cancel(work_item* w) noexcept;
+    static void run_resume(work_item* w) noexcept { static_cast<node*>(w)->m_op->m_handle.resume(); }
 };
 
 /// Registers a stop callback for an operation; destroyed before the operation's result is read
@@ -576,6 +582,10 @@ COPORT_DECL void worker::complete(operation* op) noexcept {
     }
     if (s == cancel_queued) return;
     --m_private_work; // before resuming: the coroutine may start the next operation (+1: nets to zero)
+    if (op->m_resume_on && op->m_resume_on != this) {
+        m_ctx.post_to(*op->m_resume_on, &op->m_resume_node); // its own thread resumes it
+        return;
+    }
     op->m_handle.resume(); // the awaiter (and op) may be gone after this
 }
 

@@ -709,6 +709,7 @@ bool accept_op::await_suspend(std::coroutine_handle<> h) noexcept {
     worker* home = nullptr; // the acceptor's worker: every accept of a listener waits there
     if (!m_sock->ctx().uses_epoll())
         if (acceptor* a = m_sock->get_acceptor()) home = &acceptor_home(a);
+    m_resume_on = &m_sock->ctx().home(); // and resumes on the thread that awaits it (the resumption rule)
     return publish(h, home);
 }
 
