@@ -154,30 +154,38 @@ TEST_CASE("async_semaphore: release(n) wakes n waiters in order; a cancelled acq
     CHECK(order == std::vector<int>{-2, 1, 3});
 }
 
+namespace {
+// `n` waits on `ev` spread over the threads of `ctx`; once they have started, `fire()` (on this thread), then
+// joined. Each wait that succeeded adds 1 to `released`.
+template <class Fire>
+task<void> wait_and_fire(io_context& ctx, coport::async_event& ev, int n, std::atomic<int>& released, Fire fire) {
+    std::atomic<int> started{0};
+    coport::async_scope scope;
+    auto w = [&]() -> task<void> {
+        started.fetch_add(1);
+        auto r = co_await ev.wait();
+        if (r) released.fetch_add(1);
+    };
+    for (int i = 0; i < n; ++i) scope.spawn(ctx, w());
+    while (started.load() < n) co_await ctx.sleep_for(1ms);
+    fire();
+    co_await scope.join();
+}
+} // namespace
+
 TEST_CASE("async_event: every waiter released exactly once (manual and auto reset), on 4 threads", "[sync][event]") {
     io_context ctx;
     constexpr int waiters = 200;
+    std::atomic<int> released{0};
+    coport::thread_pool_runner pool(ctx, 4);
     SECTION("manual reset: one set() releases all, later waits pass") {
         coport::async_event ev(ctx);
-        std::atomic<int> released{0};
-        std::atomic<int> started{0};
-        coport::thread_pool_runner pool(ctx, 4);
-        coport::async_scope scope;
         auto body = [&]() -> task<void> {
-            auto w = [&](int) -> task<void> {
-                started.fetch_add(1);
-                auto r = co_await ev.wait();
-                if (r) released.fetch_add(1);
-            };
-            for (int i = 0; i < waiters; ++i) scope.spawn(ctx, w(i));
-            while (started.load() < waiters) co_await ctx.sleep_for(1ms);
-            ev.set();
-            co_await scope.join();
+            co_await wait_and_fire(ctx, ev, waiters, released, [&] { ev.set(); });
             auto again = co_await ev.wait(); // set: passes at once
             if (again) released.fetch_add(1);
         };
         ctx.block_on(body());
-        pool.join();
         CHECK(released.load() == waiters + 1);
         CHECK(ev.is_set());
         ev.reset();
@@ -185,29 +193,19 @@ TEST_CASE("async_event: every waiter released exactly once (manual and auto rese
     }
     SECTION("auto reset: each set() releases one") {
         coport::async_event ev(ctx, coport::event_mode::auto_reset);
-        std::atomic<int> released{0};
-        std::atomic<int> started{0};
-        coport::thread_pool_runner pool(ctx, 4);
-        coport::async_scope scope;
         auto body = [&]() -> task<void> {
-            auto w = [&](int) -> task<void> {
-                started.fetch_add(1);
-                auto r = co_await ev.wait();
-                if (r) released.fetch_add(1);
-            };
-            for (int i = 0; i < waiters; ++i) scope.spawn(ctx, w(i));
-            while (started.load() < waiters) co_await ctx.sleep_for(1ms);
-            for (int i = 0; i < waiters; ++i) ev.set();
-            co_await scope.join();
+            co_await wait_and_fire(ctx, ev, waiters, released, [&] {
+                for (int i = 0; i < waiters; ++i) ev.set();
+            });
             if (ev.is_set()) released.fetch_add(1000); // each set() went to a waiter: not set now
             ev.set();                                    // none waiting: the next wait passes, once
             auto once = co_await ev.wait();
             if (once && !ev.is_set()) released.fetch_add(1);
         };
         ctx.block_on(body());
-        pool.join();
         CHECK(released.load() == waiters + 1);
     }
+    pool.join();
 }
 
 TEST_CASE("channel: 8 producers and 8 consumers on 4 threads, every value received exactly once", "[sync][channel]") {

@@ -82,7 +82,7 @@ public:
         io_context& ctx = m_ctx;
         if (m_stop.stop_possible()) m_reg.emplace(m_stop, on_stop_fn{st.get()});
         ctx.native().work_started(); // the lookup is outstanding work: run() must not return meanwhile
-        ctx.blocking().submit(std::make_unique<lookup>(st, m_host, m_service));
+        ctx.blocking().submit(std::make_unique<detail::blocking_call<value_type, lookup>>(st, lookup{m_host, m_service}));
         // Published: the coroutine may resume elsewhere now. Only the local `st` is touched from here.
         st->arm();
     }
@@ -94,70 +94,19 @@ public:
     }
 
 private:
-    struct state {
-        std::mutex mutex;
-        std::optional<result<std::vector<endpoint>>> value;
-        detail::resume_item item;
-        io_context* ctx = nullptr;
-        detail::backend::worker* owner = nullptr;
-        bool armed = false;        // the lookup was submitted; a stop may now resume the coroutine
-        bool stop_pending = false; // a stop arrived before that
-        void on_stop() {
-            {
-                std::lock_guard lock(mutex);
-                if (!armed) {
-                    stop_pending = true;
-                    return;
-                }
-            }
-            finish(unexpected(make_error_code(error::operation_aborted)));
-        }
-        void arm() {
-            bool stop;
-            {
-                std::lock_guard lock(mutex);
-                armed = true;
-                stop = stop_pending;
-            }
-            if (stop) finish(unexpected(make_error_code(error::operation_aborted)));
-        }
-        // The first of {lookup finished, stop requested} resumes the coroutine; the other is dropped.
-        void finish(result<std::vector<endpoint>> r) {
-            {
-                std::lock_guard lock(mutex);
-                if (value) return;
-                value.emplace(std::move(r));
-            }
-            io_context* c = ctx;
-            c->native().post_to(*owner, &item);
-            c->native().work_finished();
-        }
-    };
-    /// The getaddrinfo call on a pool thread.
-    struct lookup final : detail::blocking_job {
-        lookup(std::shared_ptr<state> st, std::string host, std::string service)
-            : m_st(std::move(st)), m_host(std::move(host)), m_service(std::move(service)) {}
-        void run() override {
-            auto r = detail::getaddrinfo_blocking(m_host, m_service);
-            // Held across finish(): its post and work_finished() touch the context, which abandon() (the
-            // context being destroyed) must not see freed. Once abandoned, the context may be gone.
-            std::lock_guard lock(m_mutex);
-            if (!m_abandoned) m_st->finish(std::move(r));
-        }
-        void abandon() noexcept override {
-            std::lock_guard lock(m_mutex); // waits for a finish() that run() has begun
-            m_abandoned = true;
-            m_st->finish(unexpected(make_error_code(error::operation_aborted)));
-        }
-        std::shared_ptr<state> m_st;
-        std::string m_host, m_service;
-        std::mutex m_mutex;
-        bool m_abandoned = false; // the context is being destroyed: run() drops its answer
+    using value_type = result<std::vector<endpoint>>;
+    // What the pool thread and the coroutine share; the first of {the answer, a stop, the context's
+    // destruction} resumes the coroutine (see detail::blocking_state in io_context.hpp).
+    using state = detail::blocking_state<value_type>;
+    /// The getaddrinfo call, on a pool thread.
+    struct lookup {
+        std::string host, service;
+        value_type operator()() const { return detail::getaddrinfo_blocking(host, service); }
     };
     io_context& m_ctx;
     std::string m_host, m_service;
     std::stop_token m_stop;
-    std::optional<result<std::vector<endpoint>>> m_ready;
+    std::optional<value_type> m_ready;
     std::shared_ptr<state> m_state;
     struct on_stop_fn {
         state* m_state;
