@@ -3,16 +3,21 @@
 # A hostile load on echo_server: with its descriptors limited to 64 (ulimit -n 64), 100 clients connect at
 # once, so accept fails with EMFILE. The server must pause and accept again, not end its accept loop: it is
 # still running once they leave, and a new client is served. (Before the fix it exited with status 0.)
-# Usage: test_echo_fd_limit.py ECHO_SERVER
+# Usage: test_echo_fd_limit.py ECHO_SERVER [--ubsan]
 import sys
 import time
 
-from support import LineClient, Proc, check, limit_runtime, main
+from support import SKIP, LineClient, Proc, check, limit_runtime, main
 
 
 def test():
     limit_runtime(90)
     server_exe = sys.argv[1]
+    if "--ubsan" in sys.argv[2:]:
+        # Its vptr check writes the object to a pipe to see whether it is readable: out of descriptors, that
+        # fails and it reports "invalid vptr" on the server's first error_code::message().
+        print("COPORT_SKIP: UBSan needs a free descriptor for its vptr check; this test takes them all", flush=True)
+        return SKIP
     argv = ["sh", "-c", 'ulimit -n 64 && exec "$0" "$@"', server_exe, "127.0.0.1", "0", "2"]
     with Proc(argv, name="echo_server") as server:
         port = server.wait_listening(timeout=10)
