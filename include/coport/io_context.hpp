@@ -26,9 +26,10 @@
 ///   operations alive until they finish (thread_pool_runner's threads do).
 /// - An operation started on a thread that does not run the context (a plain thread, sync_wait) is owned by
 ///   the first worker held by a thread, the same one for all such starts while the threads in run() stay.
-/// Cost: on Linux nothing (a completion is already on its owner's ring). On Windows a completion taken by
-/// another thread costs a lock and, when the owner sleeps, a user APC; tests/test_resumption.cpp prints how
-/// many (docs/guide.md, "Threads", has the figures).
+/// Cost: on Linux nothing (a completion is already on its owner's ring), except an accept awaited away from
+/// the thread whose ring holds the listener's multishot accept: handed over like a post. On Windows a
+/// completion taken by another thread costs a lock and, when the owner sleeps, a user APC;
+/// tests/test_resumption.cpp prints how many (docs/guide.md, "Threads", has the figures).
 ///
 /// Outstanding work: every started operation, posted callable and `work_guard` counts. `run()` returns
 /// when there is none left, or after `stop()`. Running out of work does not stop the context: post more
