@@ -259,3 +259,39 @@ TEST_CASE("resolve and with_timeout: a stop that surely comes first aborts; a st
         CHECK(r);
     }
 }
+
+TEST_CASE("when_all_fail_fast: the values when all succeed; the first error cancels the others at once", "[cancel]") {
+    io_context ctx;
+    auto body = [&]() -> task<int> {
+        int score = 0;
+        // All succeed: the tuple of their values.
+        auto a = [&](std::stop_token st) { return ctx.sleep_for(1ms, st); };
+        auto b = [&](std::stop_token st) { return coport::with_timeout(ctx, 1h, [&](std::stop_token s2) { return ctx.sleep_for(2ms, s2); }, st); };
+        auto ok = co_await coport::when_all_fail_fast(a, b);
+        if (ok) score += 1;
+        // One fails (timed_out after 5 ms): the hour-long sleep is cancelled, and its operation_aborted does
+        // not replace the first error.
+        auto fails = [&](std::stop_token st) {
+            return coport::with_timeout(ctx, 5ms, [&](std::stop_token s2) { return ctx.sleep_for(1h, s2); }, st);
+        };
+        auto long_sleep = [&](std::stop_token st) { return ctx.sleep_for(1h, st); };
+        const auto t0 = io_context::clock::now();
+        auto failed = co_await coport::when_all_fail_fast(long_sleep, fails);
+        if (!failed && failed.error() == coport::errc::timed_out) score += 10;
+        if (io_context::clock::now() - t0 < 10min) score += 100; // it did not wait for the hour
+        // An outer stop ends them all.
+        std::stop_source outer;
+        auto stopper = [&]() -> task<void> {
+            co_await ctx.sleep_for(2ms);
+            outer.request_stop();
+        };
+        coport::async_scope scope;
+        scope.spawn(stopper());
+        std::stop_token token = outer.get_token();
+        auto stopped = co_await coport::when_all_fail_fast(token, long_sleep, long_sleep);
+        co_await scope.join();
+        if (!stopped && stopped.error() == coport::errc::operation_aborted) score += 1000;
+        co_return score;
+    };
+    CHECK(ctx.block_on(body()) == 1111);
+}

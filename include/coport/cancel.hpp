@@ -153,4 +153,61 @@ task<when_any_result<factory_result_t<Fs>...>> when_any_until(std::stop_token ou
     return detail::when_any_impl<Out>(std::index_sequence_for<Fs...>{}, std::move(outer), std::move(makes)...);
 }
 
+namespace detail {
+template <class F, class V>
+task<void> fail_fast_child(F& make, std::stop_source& stop, std::atomic<bool>& failed, std::error_code& first,
+                           std::optional<V>& out) {
+    using R = factory_result_t<F>;
+    try {
+        R r = co_await make(stop.get_token());
+        if (r) {
+            if constexpr (std::is_void_v<typename R::value_type>) out.emplace();
+            else out.emplace(std::move(*r));
+        } else if (!failed.exchange(true, std::memory_order_acq_rel)) {
+            first = r.error(); // the children run on one thread (the resumption rule): read after when_all
+            stop.request_stop();
+        }
+    } catch (...) {
+        stop.request_stop(); // the siblings end too; when_all rethrows the first exception
+        throw;
+    }
+}
+
+template <class Out, class... Fs, std::size_t... I>
+task<Out> when_all_fail_fast_impl(std::index_sequence<I...>, std::stop_token outer, Fs... makes) {
+    std::stop_source stop;
+    std::atomic<bool> failed{false};
+    std::error_code first;
+    std::tuple<std::optional<non_void_t<typename factory_result_t<Fs>::value_type>>...> outs;
+    stop_registration<stop_forwarder> link;
+    if (outer.stop_possible()) link.emplace(outer, stop_forwarder{&stop});
+    co_await when_all(fail_fast_child(makes, stop, failed, first, std::get<I>(outs))...);
+    if (failed.load(std::memory_order_acquire)) co_return unexpected(first);
+    co_return typename Out::value_type(std::move(*std::get<I>(outs))...);
+}
+} // namespace detail
+
+/// Like when_all, for operations that fail: starts every factory's operation concurrently and, as soon as
+/// one fails (its `result` holds an error) or throws, cancels the others through their stop token (Asio's
+/// `wait_for_one_error`). Resumes only after all of them have finished. Result: the tuple of their values
+/// (`void` becomes `void_value`), or the first failure's error (the cancelled siblings' `operation_aborted`
+/// never replaces it); an exception is rethrown after all have finished. A stop request on `outer` cancels
+/// them all (the result is then the first of their errors, normally `operation_aborted`). Every factory's
+/// operation must give a `result<T>`. The children run on the awaiting thread (the resumption rule).
+template <operation_factory... Fs>
+    requires(sizeof...(Fs) > 0 && (detail::is_result<factory_result_t<Fs>>::value && ...))
+task<result<std::tuple<detail::non_void_t<typename factory_result_t<Fs>::value_type>...>>>
+when_all_fail_fast(std::stop_token outer, Fs... makes) {
+    using Out = result<std::tuple<detail::non_void_t<typename factory_result_t<Fs>::value_type>...>>;
+    return detail::when_all_fail_fast_impl<Out>(std::index_sequence_for<Fs...>{}, std::move(outer), std::move(makes)...);
+}
+
+/// when_all_fail_fast without an outer stop token.
+template <operation_factory... Fs>
+    requires(sizeof...(Fs) > 0 && (detail::is_result<factory_result_t<Fs>>::value && ...))
+task<result<std::tuple<detail::non_void_t<typename factory_result_t<Fs>::value_type>...>>>
+when_all_fail_fast(Fs... makes) {
+    return when_all_fail_fast(std::stop_token{}, std::move(makes)...);
+}
+
 } // namespace coport
