@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Guard-page coroutine frames: every frame gets its own pages, and a freed frame is made inaccessible and
-// never reused. Code that touches a frame after handing it to another thread (the clang 14 bug of
-// COMPILERS.md, LLVM #56301, or a library bug breaking its rule 2) then faults deterministically instead of
+// never reused. Code that touches a frame after handing it to another thread (clang 14 may, when an
+// await_suspend is inlined: LLVM #56301; or a library bug) then faults deterministically instead of
 // corrupting memory silently. Runs cross-thread schedule(), timers cancelled from other threads, and TCP
 // on several threads under that allocator.
 #include <coport/coport.hpp>

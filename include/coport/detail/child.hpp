@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 // A child coroutine that awaits one awaitable, keeps its outcome, and reports to a latch when done.
-// Used by sync_wait, when_all and when_any (COMPILERS.md rule 6: a counter that starts at N+1,
-// children started by .resume(), the last arrival notifies).
+// Used by sync_wait, when_all and when_any: a counter that starts at N+1, children started by .resume(),
+// the last arrival notifies (no reliance on symmetric transfer being a tail call: g++ 12 makes it one only
+// with -foptimize-sibling-calls, GCC PR 100897).
 
 #include <coport/detail/awaitable.hpp>
 #include <coport/task.hpp>

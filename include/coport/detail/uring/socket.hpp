@@ -395,7 +395,7 @@ private:
 class accept_op : public socket_op {
 public:
     accept_op(socket_impl* listener, std::stop_token st) noexcept : socket_op(&s_vtable, listener, std::move(st)) {}
-    // noinline: see socket_op::await_suspend (COMPILERS.md)
+    // noinline: see socket_op::await_suspend (clang 14 may touch the frame after publishing when inlined)
     [[gnu::noinline]] COPORT_DECL bool await_suspend(std::coroutine_handle<> h) noexcept;
     struct accepted {
         socket_ptr socket;
