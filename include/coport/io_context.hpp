@@ -204,7 +204,8 @@ public:
         return c.result().take();
     }
 
-    /// `co_await ctx.run_blocking(f, st)` → `result<R>` (R: what `f()` returns): runs `f()` on the context's
+    /// `co_await ctx.run_blocking(f, st)` → `result<R>` (R: what `f()` returns; if that is a `result<X>`
+    /// already, that `result<X>`, its errors beside `operation_aborted`): runs `f()` on the context's
     /// blocking pool (the threads name lookups use, at most 4: a call that blocks for long holds one of them)
     /// and resumes the coroutine on the thread that awaited it (the resumption rule) with its value. An
     /// exception thrown by `f` is rethrown by the co_await. Cancel: a stop request, or the context's
@@ -398,7 +399,7 @@ struct blocking_call final : blocking_job {
             }
         } catch (...) {
             e = std::current_exception();
-            r.emplace(unexpected(make_error_code(error::operation_aborted))); // not seen: the exception is
+            r.emplace(unexpected(make_error_code(error::operation_aborted))); // unused: await_resume rethrows e
         }
         std::lock_guard lock(m_mutex); // held across finish(): abandon() must not see it half done
         if (!m_abandoned) m_st->finish(std::move(*r), std::move(e));
@@ -414,10 +415,20 @@ struct blocking_call final : blocking_job {
     bool m_abandoned = false;
 };
 
+/// What run_blocking gives for a function returning R: result<R>, or R itself when R is a result<X> already.
+template <class R>
+struct blocking_result {
+    using type = result<R>;
+};
+template <class X>
+struct blocking_result<result<X>> {
+    using type = result<X>;
+};
+
 template <class F>
 class run_blocking_awaiter {
     using R = std::invoke_result_t<F&>;
-    using T = result<R>;
+    using T = typename blocking_result<R>::type;
 
 public:
     run_blocking_awaiter(io_context& ctx, F f, std::stop_token st)

@@ -12,15 +12,12 @@
 /// - Destroying `ctx` does not wait for a lookup in progress either: its coroutine is resumed at once (on
 ///   the destroying thread) with `errc::operation_aborted`, and the lookup finishes in the background.
 
-#include <coport/detail/stop_registration.hpp>
 #include <coport/error.hpp>
 #include <coport/io_context.hpp>
 #include <coport/net/address.hpp>
 #include <coport/result.hpp>
 
 #include <charconv>
-#include <memory>
-#include <mutex>
 #include <optional>
 #include <stop_token>
 #include <string>
@@ -67,52 +64,28 @@ public:
                 return true;
             }
         }
-        if (m_stop.stop_requested()) {
-            m_ready.emplace(unexpected(make_error_code(error::operation_aborted)));
-            return true;
-        }
-        return false;
+        // A name: getaddrinfo on the blocking pool, as run_blocking does (stop, destruction, the thread that
+        // resumes: its contract).
+        m_call.emplace(m_ctx, lookup{std::move(m_host), std::move(m_service)}, std::move(m_stop));
+        return m_call->await_ready();
     }
-    [[gnu::noinline]] void await_suspend(std::coroutine_handle<> h) {
-        auto st = std::make_shared<state>();
-        st->ctx = &m_ctx;
-        st->owner = &m_ctx.native().home(); // the answer resumes the coroutine on this thread (the resumption rule)
-        st->item.m_handle = h;
-        m_state = st;
-        io_context& ctx = m_ctx;
-        if (m_stop.stop_possible()) m_reg.emplace(m_stop, on_stop_fn{st.get()});
-        ctx.native().work_started(); // the lookup is outstanding work: run() must not return meanwhile
-        ctx.blocking().submit(std::make_unique<detail::blocking_call<value_type, lookup>>(st, lookup{m_host, m_service}));
-        // Published: the coroutine may resume elsewhere now. Only the local `st` is touched from here.
-        st->arm();
-    }
+    [[gnu::noinline]] void await_suspend(std::coroutine_handle<> h) { m_call->await_suspend(h); }
     result<std::vector<endpoint>> await_resume() {
         if (m_ready) return std::move(*m_ready);
-        m_reg.reset();
-        std::lock_guard lock(m_state->mutex);
-        return std::move(*m_state->value);
+        return m_call->await_resume();
     }
 
 private:
-    using value_type = result<std::vector<endpoint>>;
-    // What the pool thread and the coroutine share; the first of {the answer, a stop, the context's
-    // destruction} resumes the coroutine (see detail::blocking_state in io_context.hpp).
-    using state = detail::blocking_state<value_type>;
     /// The getaddrinfo call, on a pool thread.
     struct lookup {
         std::string host, service;
-        value_type operator()() const { return detail::getaddrinfo_blocking(host, service); }
+        result<std::vector<endpoint>> operator()() const { return detail::getaddrinfo_blocking(host, service); }
     };
     io_context& m_ctx;
     std::string m_host, m_service;
     std::stop_token m_stop;
-    std::optional<value_type> m_ready;
-    std::shared_ptr<state> m_state;
-    struct on_stop_fn {
-        state* m_state;
-        void operator()() const noexcept { m_state->on_stop(); }
-    };
-    detail::stop_registration<on_stop_fn> m_reg;
+    std::optional<result<std::vector<endpoint>>> m_ready;
+    std::optional<detail::run_blocking_awaiter<lookup>> m_call;
 };
 
 /// Resolves `host` (a name or a numeric address) and `service` (a port number or name).

@@ -205,7 +205,7 @@ inline constexpr clock::rep no_deadline = std::numeric_limits<clock::rep>::max()
 /// Counters of the resumption rule's cost (relaxed; for tests and measurements, not for control).
 struct context_stats {
     std::uint64_t io_packets = 0; // I/O completions taken from the port
-    std::uint64_t handoffs = 0;   // completions handed to another worker's thread
+    std::uint64_t handoffs = 0;   // completions (and lookup answers) handed to another worker's thread
     std::uint64_t wakes = 0;      // user APCs queued to wake a worker's thread
 };
 
@@ -213,7 +213,7 @@ struct context_stats {
 /// while it is an orphan). Operations started on its thread are owned by it and resumed only by its holder.
 class worker {
 public:
-    worker(context& ctx, unsigned index) noexcept : m_ctx(ctx), m_index(index) {}
+    explicit worker(context& ctx) noexcept : m_ctx(ctx) {}
     worker(const worker&) = delete;
     worker& operator=(const worker&) = delete;
 
@@ -260,7 +260,6 @@ private:
     [[nodiscard]] bool has_pending() const noexcept { return m_remote_hint.load() || m_earliest.load() != no_deadline; }
 
     context& m_ctx;
-    unsigned m_index;
     std::atomic<bool> m_claimed{false};
     const std::atomic<bool>* m_until = nullptr; // run_until: leave the loop once this is set
     work_queue m_local;                         // the holder's thread only
@@ -270,6 +269,12 @@ private:
     std::atomic<bool> m_remote_hint{false};
     bool m_sleeping = false;   // the holder waits in an alertable GQCS: wake it with an APC
     HANDLE m_thread = nullptr; // the thread inside run() (null while an orphan or serviced)
+
+    // context_stats, counted where a lock is held anyway or by the holder alone: no shared counter on the
+    // completion path.
+    std::uint64_t m_handoffs = 0;                // under m_mutex
+    std::uint64_t m_wakes = 0;                   // under m_mutex
+    std::atomic<std::uint64_t> m_io_packets{0}; // written by the holder only
 };
 
 /// The Windows io_context: one I/O completion port, shared by the workers of the threads that run it.
@@ -391,11 +396,7 @@ public:
     }
 
     /// Resumes `op` on its owner's thread (its m_bytes/m_error already set) and ends its unit of work.
-    void post_completion(operation* op) noexcept {
-        worker& owner = *op->m_owner;
-        if (&owner != this_worker()) m_handoffs.fetch_add(1, std::memory_order_relaxed);
-        owner.push(&op->m_node);
-    }
+    void post_completion(operation* op) noexcept { op->m_owner->push(&op->m_node); }
 
     /// For an operation that completed inline: true if its awaiter may continue at once; false once this
     /// thread has completed max_inline_completions in a row without going back to the port (then it must
@@ -412,9 +413,17 @@ public:
     void cancel_timer(timer_op* t) noexcept;
 
     /// Counts since construction (see context_stats).
-    [[nodiscard]] context_stats stats() const noexcept {
-        return {m_io_packets.load(std::memory_order_relaxed), m_handoffs.load(std::memory_order_relaxed),
-                m_wakes.load(std::memory_order_relaxed)};
+    [[nodiscard]] context_stats stats() noexcept {
+        context_stats s;
+        const unsigned n = m_nworkers.load(std::memory_order_acquire);
+        for (unsigned i = 0; i < n; ++i) {
+            worker& w = *m_workers[i];
+            s.io_packets += w.m_io_packets.load(std::memory_order_relaxed);
+            std::lock_guard lock(w.m_mutex);
+            s.handoffs += w.m_handoffs;
+            s.wakes += w.m_wakes;
+        }
+        return s;
     }
 
 private:
@@ -464,7 +473,6 @@ private:
     std::mutex m_handles_mutex;
     registered_handle* m_handles = nullptr;
 
-    std::atomic<std::uint64_t> m_io_packets{0}, m_handoffs{0}, m_wakes{0};
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -551,7 +559,7 @@ COPORT_DECL bool worker::alert_locked() noexcept {
     if (!m_sleeping || !m_thread) return false;
     m_sleeping = false;
     ::QueueUserAPC(&wake_apc, m_thread, 0);
-    m_ctx.m_wakes.fetch_add(1, std::memory_order_relaxed);
+    ++m_wakes;
     return true;
 }
 
@@ -561,6 +569,7 @@ COPORT_DECL void worker::push_remote(work_item* w) noexcept {
         std::lock_guard lock(m_mutex);
         m_remote.push(w);
         m_remote_hint.store(true);
+        ++m_handoffs;
         orphan = m_thread == nullptr;
         alert_locked();
     }
@@ -752,7 +761,7 @@ COPORT_DECL context::context(const io_context_options& opts) {
     m_port = ::CreateIoCompletionPort(INVALID_HANDLE_VALUE, nullptr, 0, 0);
     if (!m_port) throw std::system_error(last_error(), "CreateIoCompletionPort");
     // Worker 0 exists from the start: operations started before any thread runs the context belong to it.
-    m_workers[0] = std::make_unique<worker>(*this, 0);
+    m_workers[0] = std::make_unique<worker>(*this);
     m_nworkers.store(1, std::memory_order_release);
 }
 
@@ -863,7 +872,6 @@ COPORT_DECL bool context::complete_io(operation* op, DWORD bytes) noexcept {
     if (&owner != this_worker()) {
         // Another thread's operation: its thread resumes it (the resumption rule). Its unit of work ends
         // when its node has run there.
-        m_handoffs.fetch_add(1, std::memory_order_relaxed);
         owner.push_remote(&op->m_node);
         return false;
     }
@@ -887,7 +895,8 @@ COPORT_DECL std::size_t context::dispatch(const OVERLAPPED_ENTRY* e, ULONG n) no
             break;
         }
         default:
-            m_io_packets.fetch_add(1, std::memory_order_relaxed);
+            if (worker* self = this_worker()) // its holder's count (the shutdown drain is not counted)
+                self->m_io_packets.store(self->m_io_packets.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
             if (complete_io(operation::from_overlapped(e[i].lpOverlapped), e[i].dwNumberOfBytesTransferred))
                 ++handled;
             break;
@@ -918,7 +927,7 @@ COPORT_DECL worker* context::claim_worker() {
     std::lock_guard lock(m_create_mutex);
     n = m_nworkers.load(std::memory_order_acquire);
     if (n == max_workers) throw std::runtime_error("coport: too many threads running one io_context");
-    m_workers[n] = std::make_unique<worker>(*this, n);
+    m_workers[n] = std::make_unique<worker>(*this);
     m_workers[n]->m_claimed.store(true, std::memory_order_relaxed);
     m_nworkers.store(n + 1, std::memory_order_release);
     return m_workers[n].get();
