@@ -70,6 +70,26 @@ private:
     work_item* m_tail = nullptr;
 };
 
+/// Runs the items in `q` now, at most `budget` of them, each through `run(item)`; items that these queue wait
+/// for the next call (after the backend has looked at its I/O), and what the budget left stays first in line.
+/// Returns how many ran. Both backends' run loops use it for their worker's local queue.
+template <class Run>
+std::size_t run_batch(work_queue& q, std::size_t budget, Run run) noexcept {
+    std::size_t n = 0;
+    work_queue batch = std::move(q);
+    while (n < budget) {
+        work_item* w = batch.pop();
+        if (!w) break;
+        ++n;
+        run(w);
+    }
+    if (!batch.empty()) {
+        batch.splice(q);
+        q = std::move(batch);
+    }
+    return n;
+}
+
 /// A heap-allocated posted callable.
 template <class F>
 struct posted_callable final : work_item {

@@ -621,23 +621,12 @@ COPORT_DECL std::size_t worker::run_queue(std::size_t budget) noexcept {
         m_local.splice(m_remote);
         m_remote_hint.store(false, std::memory_order_relaxed);
     }
-    std::size_t n = 0;
-    // Only what is queued now: items that these handlers queue wait for the next turn, after the port.
-    work_queue batch = std::move(m_local);
-    while (n < budget) {
-        work_item* w = batch.pop();
-        if (!w) break;
-        ++n;
+    return run_batch(m_local, budget, [this](work_item* w) noexcept {
         inline_completion_count() = 0;
         const bool counted = w->m_counted; // read first: running the item may free it
         w->run();
         if (counted) m_ctx.work_finished();
-    }
-    if (!batch.empty()) { // budget spent: the rest stays first in line
-        batch.splice(m_local);
-        m_local = std::move(batch);
-    }
-    return n;
+    });
 }
 
 COPORT_DECL std::size_t worker::fire_timers(std::size_t budget) noexcept {

@@ -659,22 +659,11 @@ COPORT_DECL std::size_t worker::reap(std::size_t budget) {
 }
 
 COPORT_DECL std::size_t worker::run_local(std::size_t budget) {
-    std::size_t n = 0;
-    // Only what is queued now: items that these handlers queue wait for the next turn, after I/O.
-    work_queue batch = std::move(m_local);
-    while (n < budget) {
-        work_item* w = batch.pop();
-        if (!w) break;
-        ++n;
-        bool counted = w->m_counted; // read first: running the item may free it
+    return run_batch(m_local, budget, [this](work_item* w) noexcept {
+        const bool counted = w->m_counted; // read first: running the item may free it
         w->run();
         if (counted) --m_private_work;
-    }
-    if (!batch.empty()) { // budget spent: the rest stays first in line
-        batch.splice(m_local);
-        m_local = std::move(batch);
-    }
-    return n;
+    });
 }
 
 COPORT_DECL std::size_t worker::fire_timers(std::size_t budget) {
